@@ -114,6 +114,9 @@ type capturer struct {
 	serverPos pglogrepl.LSN // server's sent position at the last transaction boundary
 	received  pglogrepl.LSN // end of the newest message received
 	caughtUp  bool
+	// slotConfirmed is the slot's confirmed_flush_lsn when we connected:
+	// repeating it to the server confirms nothing new.
+	slotConfirmed pglogrepl.LSN
 
 	skipping bool // the current transaction is already in the spool
 	curXid   uint32
@@ -382,8 +385,9 @@ func (c *capturer) feedback() (pglogrepl.LSN, error) {
 	if err != nil {
 		return 0, err
 	}
-	pos := committed.EndLSN
-	if c.serverPos > pos && c.w.Empty() && c.w.Held().EndLSN <= committed.EndLSN {
+	// Never zero: pglogrepl would send the write position in its place.
+	pos := max(committed.EndLSN, c.slotConfirmed)
+	if c.serverPos > pos && c.w.Empty() && c.w.Held().EndLSN <= pos {
 		sealed, err := c.sp.Sealed()
 		if err != nil {
 			return 0, err
@@ -418,7 +422,7 @@ func (c *capturer) sendStatus(ctx context.Context, conn *pgconn.PgConn, replyReq
 
 // checkSlot makes sure the slot exists and uses pgoutput.
 func (c *capturer) checkSlot(ctx context.Context, conn *pgconn.PgConn) error {
-	res := conn.Exec(ctx, "SELECT plugin, slot_type FROM pg_replication_slots WHERE slot_name = "+quoteLiteral(c.cfg.Slot))
+	res := conn.Exec(ctx, "SELECT plugin, slot_type, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = "+quoteLiteral(c.cfg.Slot))
 	rs, err := res.ReadAll()
 	if err != nil {
 		return fmt.Errorf("look up slot %s: %w", c.cfg.Slot, err)
@@ -429,6 +433,13 @@ func (c *capturer) checkSlot(ctx context.Context, conn *pgconn.PgConn) error {
 	row := rs[0].Rows[0]
 	if string(row[1]) != "logical" || string(row[0]) != "pgoutput" {
 		return fmt.Errorf("slot %s is a %s slot with plugin %q; wal-cake needs a logical slot with pgoutput", c.cfg.Slot, row[1], row[0])
+	}
+	if row[2] != nil {
+		confirmed, err := pglogrepl.ParseLSN(string(row[2]))
+		if err != nil {
+			return fmt.Errorf("slot %s: confirmed_flush_lsn %q: %w", c.cfg.Slot, row[2], err)
+		}
+		c.slotConfirmed = max(c.slotConfirmed, confirmed)
 	}
 	return nil
 }
