@@ -28,8 +28,11 @@ type Store interface {
 	Delete(ctx context.Context, key string) error
 }
 
-// Object describes one stored object.
-type Object struct {
+// Object describes one stored object. It is an alias of an unnamed struct
+// type so that a store can produce it without importing this package
+// (upload declares the identical alias and so satisfies Store without
+// depending on compact).
+type Object = struct {
 	Key  string // relative to the lake's root
 	Size int64  // bytes
 }
