@@ -39,6 +39,8 @@ func globalFlags() []cli.Flag {
 			Usage: "static access key; without it the default AWS credential chain applies (profile, web identity, ECS/EC2 role)"},
 		&cli.StringFlag{Name: "aws-secret-access-key", EnvVars: []string{"AWS_SECRET_ACCESS_KEY"}, Category: "S3",
 			Usage: "static secret key, with --aws-access-key-id; never logged"},
+		&cli.StringFlag{Name: "aws-session-token", EnvVars: []string{"AWS_SESSION_TOKEN"}, Category: "S3",
+			Usage: "session token that goes with temporary static keys; never logged"},
 		&cli.StringFlag{Name: "spool-dir", EnvVars: []string{"SPOOL_DIR"}, Value: "./spool", Category: "Spool",
 			Usage: "local directory of the spool (created 0700); losing it loses nothing, the slot keeps what the lake lacks"},
 		&cli.StringFlag{Name: "log-level", EnvVars: []string{"WALCAKE_LOG_LEVEL"}, Value: "info", Category: "Logging",
@@ -113,6 +115,7 @@ func openStore(ctx context.Context, c *cli.Context) (compact.Store, error) {
 			Endpoint:        c.String("aws-endpoint"),
 			AccessKeyID:     c.String("aws-access-key-id"),
 			SecretAccessKey: c.String("aws-secret-access-key"),
+			SessionToken:    c.String("aws-session-token"),
 		})
 		if err != nil {
 			return nil, err
