@@ -37,6 +37,10 @@ type Config struct {
 	// when not following. Default 5. Following retries forever.
 	MaxReconnects int
 	Logger        *slog.Logger
+	// Progress, when set, is called from the streaming goroutine at every
+	// status interval with the figures so far (metrics, progress logs). It
+	// must not block.
+	Progress func(Stats)
 }
 
 // Validate checks the configuration and fills in defaults.
@@ -206,6 +210,9 @@ func (c *capturer) stream(ctx context.Context) error {
 				return err
 			}
 			nextStatus = time.Now().Add(c.cfg.StatusInterval)
+			if c.cfg.Progress != nil {
+				c.cfg.Progress(c.stats)
+			}
 		}
 		recvCtx, cancel := context.WithTimeout(ctx, min(c.cfg.IdleWait, time.Until(nextStatus)))
 		raw, err := conn.ReceiveMessage(recvCtx)

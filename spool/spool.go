@@ -35,6 +35,10 @@ type Options struct {
 	// GroupBytes is how many bytes of messages are buffered before they are
 	// written in one bbolt transaction (one fsync). Default 4 MiB.
 	GroupBytes int
+	// BeforeWrite, when set, runs before each group is written; an error it
+	// returns fails the write as a disk error would. It is the seam through
+	// which tests inject ENOSPC.
+	BeforeWrite func() error
 }
 
 func (o *Options) setDefaults() {

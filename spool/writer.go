@@ -247,6 +247,11 @@ func (w *Writer) Flush() error {
 	if len(w.pending) == 0 && len(w.pendingTxns) == 0 {
 		return nil
 	}
+	if hook := w.sp.opts.BeforeWrite; hook != nil {
+		if err := hook(); err != nil {
+			return fmt.Errorf("spool: write %s: %w", filepath.Base(w.path), err)
+		}
+	}
 	if w.db == nil {
 		if err := w.openSegment(); err != nil {
 			return err
