@@ -37,6 +37,9 @@ type Config struct {
 	// UploadConcurrency bounds parallel uploads. Default 4.
 	UploadConcurrency int
 	Logger            *slog.Logger
+	// Progress, when set, is called after each lake commit with the figures
+	// so far (metrics, progress logs). It must not block.
+	Progress func(Stats)
 }
 
 // Validate checks the configuration and fills in defaults.
@@ -126,6 +129,9 @@ func Run(ctx context.Context, cfg Config, sp *spool.Spool) (Stats, error) {
 			return st, err
 		}
 		segs = segs[n:]
+		if cfg.Progress != nil {
+			cfg.Progress(st)
+		}
 	}
 
 	target := c.head.EndLSN

@@ -47,11 +47,23 @@ type lakeHead struct {
 	Manifest  *Manifest
 }
 
-// readHead finds the newest manifest; a zero head when the lake is empty.
+// isStreamManifest reports whether key names a manifest of the replication
+// stream: <16 hex digits>.json. Other manifests (backfill chunks) carry a
+// suffix and never define where the stream stands.
+func isStreamManifest(key string) bool {
+	name, ok := strings.CutPrefix(key, manifestPrefix)
+	if !ok || len(name) != 16+len(".json") || !strings.HasSuffix(name, ".json") {
+		return false
+	}
+	_, err := parseLSNHex(name[:16])
+	return err == nil
+}
+
+// readHead finds the newest stream manifest; a zero head when there is none.
 func readHead(ctx context.Context, store Store) (lakeHead, error) {
 	var last string
 	err := store.List(ctx, manifestPrefix, func(o Object) error {
-		if strings.HasSuffix(o.Key, ".json") {
+		if isStreamManifest(o.Key) {
 			last = o.Key
 		}
 		return nil
