@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/parquet-go/parquet-go"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/wal-cake/wal-cake/spool"
 )
@@ -40,6 +38,9 @@ type Config struct {
 	// Progress, when set, is called after each lake commit with the figures
 	// so far (metrics, progress logs). It must not block.
 	Progress func(Stats)
+	// Failpoint, when set, is called at each step of the commit protocol
+	// with the step's name (see Failpoints); tests make it stop the process.
+	Failpoint func(name string)
 }
 
 // Validate checks the configuration and fills in defaults.
@@ -108,15 +109,19 @@ func Run(ctx context.Context, cfg Config, sp *spool.Spool) (Stats, error) {
 	}
 	defer conn.Close(context.Background())
 
+	log := cfg.Logger.With("dest", fmt.Sprint(cfg.Store))
+	if err := recoverIntent(ctx, cfg.Store, log); err != nil {
+		return st, err
+	}
 	head, err := readHead(ctx, cfg.Store)
 	if err != nil {
 		return st, err
 	}
 	c := &committer{
-		cfg: cfg, sp: sp, tmpDir: tmpDir, head: head,
+		cfg: cfg, sp: sp, tmpDir: tmpDir, head: head, conn: conn,
 		dec:     newDecoder(newCatalog(conn)),
 		schemas: map[string]schemaHead{},
-		log:     cfg.Logger.With("dest", fmt.Sprint(cfg.Store)),
+		log:     log,
 		st:      &st,
 	}
 	segs, err := sp.Sealed()
@@ -134,10 +139,10 @@ func Run(ctx context.Context, cfg Config, sp *spool.Spool) (Stats, error) {
 		}
 	}
 
+	// Confirm the lake's position (again, if a crash came between the
+	// manifest and the advance) and, with nothing pending, where capture
+	// scanned to.
 	target := c.head.EndLSN
-	if committed, err := sp.Committed(); err == nil && committed.EndLSN > target {
-		target = committed.EndLSN
-	}
 	if empty, err := spoolEmpty(sp); err != nil {
 		return st, err
 	} else if empty {
@@ -219,6 +224,7 @@ type committer struct {
 	sp      *spool.Spool
 	tmpDir  string
 	head    lakeHead
+	conn    *pgx.Conn
 	dec     *decoder
 	schemas map[string]schemaHead // by lake table name
 	log     *slog.Logger
@@ -302,8 +308,15 @@ func (c *committer) commit(ctx context.Context, batch []spool.SegmentInfo) (err 
 		c.log.Info("lake commit", "manifest", c.head.Key, "txns", txns, "rows", sumRows(c.rows), "files", len(m.Files),
 			"first_lsn", first.String(), "last_lsn", last.String(), "seconds", roundSeconds(time.Since(started)))
 	}
-	if err := c.sp.SetCommitted(spool.Position{CommitLSN: c.head.CommitLSN, EndLSN: c.head.EndLSN}); err != nil {
-		return err
+	if c.head.CommitLSN != 0 {
+		if err := c.sp.SetCommitted(spool.Position{CommitLSN: c.head.CommitLSN, EndLSN: c.head.EndLSN}); err != nil {
+			return err
+		}
+		c.failpoint(FailAfterMark)
+		if _, err := advanceSlot(ctx, c.conn, c.cfg.Slot, c.head.EndLSN, c.log); err != nil {
+			return err
+		}
+		c.failpoint(FailAfterAdvance)
 	}
 	for _, si := range batch {
 		if err := c.sp.Drop(si); err != nil {
@@ -311,6 +324,7 @@ func (c *committer) commit(ctx context.Context, batch []spool.SegmentInfo) (err 
 		}
 		c.st.Segments++
 	}
+	c.failpoint(FailAfterDrop)
 	return nil
 }
 
@@ -439,56 +453,6 @@ func latestSchema(ctx context.Context, store Store, table string) (schemaHead, e
 		return schemaHead{}, fmt.Errorf("parse schema %s: %w", last, err)
 	}
 	return schemaHead{fingerprint: fingerprintOf(d.Columns), version: d.Version}, nil
-}
-
-// publish uploads the commit's files and schema versions, then its manifest.
-func (c *committer) publish(ctx context.Context, first, last, end pglogrepl.LSN, txns int64) (*Manifest, error) {
-	sort.Slice(c.done, func(i, j int) bool { return c.done[i].key < c.done[j].key })
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(c.cfg.UploadConcurrency)
-	for _, f := range c.done {
-		g.Go(func() error { return uploadFile(gctx, c.cfg.Store, f) })
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	m := &Manifest{
-		Format:         1,
-		CreatedAt:      time.Now().UTC().Truncate(time.Millisecond),
-		FirstCommitLSN: first.String(),
-		LastCommitLSN:  last.String(),
-		EndLSN:         end.String(),
-		Transactions:   txns,
-		Rows:           c.rows,
-	}
-	for _, d := range c.newSchemas {
-		key := schemaKey(d.Table, d.Version)
-		if err := putJSON(ctx, c.cfg.Store, key, d); err != nil {
-			return nil, err
-		}
-		m.Schemas = append(m.Schemas, key)
-	}
-	for _, f := range c.done {
-		m.Files = append(m.Files, f.mf)
-	}
-	if err := putJSON(ctx, c.cfg.Store, manifestKey(last), m); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-func uploadFile(ctx context.Context, store Store, f finishedFile) error {
-	file, err := os.Open(f.path)
-	if err != nil {
-		return fmt.Errorf("upload %s: %w", f.key, err)
-	}
-	defer file.Close()
-	if err := store.Put(ctx, f.key, file, f.mf.Bytes); err != nil {
-		return fmt.Errorf("upload %s: %w", f.key, err)
-	}
-	file.Close()
-	os.Remove(f.path)
-	return nil
 }
 
 func sumRows(m map[string]int64) int64 {

@@ -43,6 +43,7 @@ func (d *decoder) relation(ctx context.Context, msg []byte) error {
 	if err := rel.Decode(msg[1:]); err != nil {
 		return fmt.Errorf("decode relation: %w", err)
 	}
+	d.cat.forget(rel.RelationID) // a new Relation message may carry new array dimensions
 	ts, err := newTableSchema(ctx, d.cat, &rel)
 	if err != nil {
 		return err
