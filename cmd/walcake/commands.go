@@ -145,7 +145,7 @@ func compactSetup(c *cli.Context) (compact.Config, *spool.Spool, error) {
 	if err != nil {
 		return compact.Config{}, nil, err
 	}
-	cfg := compact.Config{Store: store, ConnString: conn, Slot: c.String("slot"), Logger: log}
+	cfg := compact.Config{Store: store, ConnString: conn, Slot: c.String("slot"), Logger: log, Failpoint: failpointFromEnv()}
 	if err := cfg.Validate(); err != nil {
 		return cfg, nil, cli.Exit(err.Error(), 2)
 	}

@@ -137,7 +137,7 @@ func connString(c *cli.Context) (string, error) {
 }
 
 func openSpool(c *cli.Context) (*spool.Spool, error) {
-	return spool.Open(c.String("spool-dir"), spool.Options{})
+	return spool.Open(c.String("spool-dir"), spool.Options{BeforeWrite: spoolFaultFromEnv()})
 }
 
 // failure turns an error into the one-line reason main prints, keeping
