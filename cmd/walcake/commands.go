@@ -59,6 +59,8 @@ func createdOr(created bool, otherwise string) string {
 func captureFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, Usage: "how often capture reports its position to the server"},
+		&cli.DurationFlag{Name: "segment-max-age", EnvVars: []string{"WALCAKE_SEGMENT_MAX_AGE"}, Value: time.Minute,
+			Usage: "seal a spool segment (making it ready for compaction) once it has been open this long"},
 	}
 }
 

@@ -137,7 +137,10 @@ func connString(c *cli.Context) (string, error) {
 }
 
 func openSpool(c *cli.Context) (*spool.Spool, error) {
-	return spool.Open(c.String("spool-dir"), spool.Options{BeforeWrite: spoolFaultFromEnv()})
+	return spool.Open(c.String("spool-dir"), spool.Options{
+		SegmentMaxAge: c.Duration("segment-max-age"), // zero (commands without the flag): the default
+		BeforeWrite:   spoolFaultFromEnv(),
+	})
 }
 
 // failure turns an error into the one-line reason main prints, keeping
