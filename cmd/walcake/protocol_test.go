@@ -135,22 +135,34 @@ func readManifestFile(t *testing.T, path string) compact.Manifest {
 // killed reports whether a result is a process killed by SIGKILL.
 func killed(r result) bool { return r.code == -1 }
 
+// newProtoEnv is an env with protoSchema published.
+func newProtoEnv(t *testing.T) *env {
+	e := newEnv(t)
+	e.db.Exec(t, protoSchema)
+	e.mustWalcake("setup")
+	return e
+}
+
+// runKilledAt runs `walcake run` with a failpoint and checks that the
+// process died there.
+func (e *env) runKilledAt(fp string) {
+	e.t.Helper()
+	e.vars = append(e.vars, "WALCAKE_FAILPOINT="+fp)
+	r := e.walcake("run")
+	e.vars = e.vars[:len(e.vars)-1]
+	if !killed(r) || !strings.Contains(r.stderr, "failpoint "+fp) {
+		e.t.Fatalf("run with failpoint %s: exit %d, stderr:\n%s", fp, r.code, r.stderr)
+	}
+}
+
 func TestFailpointsEachStep(t *testing.T) {
 	for _, fp := range compact.Failpoints {
 		t.Run(fp, func(t *testing.T) {
-			e := newEnv(t)
-			e.db.Exec(t, protoSchema)
-			e.mustWalcake("setup")
+			e := newProtoEnv(t)
 			protoBatch(e, 1)
 			e.mustWalcake("run")
 			protoBatch(e, 2)
-
-			e.vars = append(e.vars, "WALCAKE_FAILPOINT="+fp)
-			r := e.walcake("run")
-			e.vars = e.vars[:len(e.vars)-1]
-			if !killed(r) || !strings.Contains(r.stderr, "failpoint "+fp) {
-				t.Fatalf("run with failpoint %s: exit %d, stderr:\n%s", fp, r.code, r.stderr)
-			}
+			e.runKilledAt(fp)
 			protoBatch(e, 3)
 			e.mustWalcake("run")
 			checkExactlyOnce(e, protoOps(3))
@@ -165,15 +177,9 @@ func TestFailpointsEachStep(t *testing.T) {
 // re-reads the slot and cuts its commits differently, so the first attempt's
 // files would be orphans under other names. They must be gone.
 func TestInterruptedCommitThenLostSpool(t *testing.T) {
-	e := newEnv(t)
-	e.db.Exec(t, protoSchema)
-	e.mustWalcake("setup")
+	e := newProtoEnv(t)
 	protoBatch(e, 1)
-	e.vars = append(e.vars, "WALCAKE_FAILPOINT="+compact.FailAfterFirstUpload)
-	if r := e.walcake("run"); !killed(r) {
-		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
-	}
-	e.vars = e.vars[:len(e.vars)-1]
+	e.runKilledAt(compact.FailAfterFirstUpload)
 	if err := os.RemoveAll(e.spool); err != nil {
 		t.Fatal(err)
 	}
@@ -186,15 +192,9 @@ func TestInterruptedCommitThenLostSpool(t *testing.T) {
 // capture re-reads transactions that are already in the lake, and
 // compaction must skip them.
 func TestCommittedButNotConfirmedThenLostSpool(t *testing.T) {
-	e := newEnv(t)
-	e.db.Exec(t, protoSchema)
-	e.mustWalcake("setup")
+	e := newProtoEnv(t)
 	protoBatch(e, 1)
-	e.vars = append(e.vars, "WALCAKE_FAILPOINT="+compact.FailAfterManifest)
-	if r := e.walcake("run"); !killed(r) {
-		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
-	}
-	e.vars = e.vars[:len(e.vars)-1]
+	e.runKilledAt(compact.FailAfterManifest)
 	os.RemoveAll(e.spool)
 	e.mustWalcake("run")
 	protoBatch(e, 2)
@@ -203,9 +203,7 @@ func TestCommittedButNotConfirmedThenLostSpool(t *testing.T) {
 }
 
 func TestOverlappingRunsAreLockedOut(t *testing.T) {
-	e := newEnv(t)
-	e.db.Exec(t, protoSchema)
-	e.mustWalcake("setup")
+	e := newProtoEnv(t)
 	protoBatch(e, 1)
 	e.mustWalcake("capture")
 
@@ -229,9 +227,7 @@ func TestOverlappingRunsAreLockedOut(t *testing.T) {
 }
 
 func TestSpoolDiskFull(t *testing.T) {
-	e := newEnv(t)
-	e.db.Exec(t, protoSchema)
-	e.mustWalcake("setup")
+	e := newProtoEnv(t)
 	before := e.slotConfirmed()
 	protoBatch(e, 1)
 	e.vars = append(e.vars, "WALCAKE_FAULT_SPOOL_ENOSPC_AFTER=0")
@@ -251,9 +247,7 @@ func TestSpoolDiskFull(t *testing.T) {
 // capture --follow runs while compact commits: compaction cannot advance an
 // active slot, so capture confirms the lake's position itself.
 func TestCompactBesideFollowingCapture(t *testing.T) {
-	e := newEnv(t)
-	e.db.Exec(t, protoSchema)
-	e.mustWalcake("setup")
+	e := newProtoEnv(t)
 
 	cmd := exec.Command(walcakeBin, "capture", "--follow", "--status-interval", "200ms", "--segment-max-age", "300ms")
 	cmd.Env = append(minimalEnv(), e.vars...)
