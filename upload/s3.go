@@ -34,6 +34,8 @@ const (
 	DefaultMultipartThreshold = 32 * mib
 	DefaultMaxAttempts        = 5
 	DefaultEndpointRegion     = "us-east-1" // with a custom Endpoint and no region
+	DefaultConnectTimeout     = 10 * time.Second
+	DefaultIOTimeout          = 30 * time.Second
 
 	minPartSize = 5 * mib        // S3's minimum for every part but the last
 	maxPutSize  = 5 * 1024 * mib // S3's maximum for one PutObject or one part
@@ -68,6 +70,15 @@ type S3Config struct {
 	SecretAccessKey string
 	SessionToken    string
 
+	// ConnectTimeout bounds the TCP connect and the TLS handshake of one
+	// attempt. IOTimeout bounds how long one attempt waits on the server: for
+	// the response headers once the request is sent, and for any read or
+	// write on the connection to make progress. An attempt that times out is
+	// retried like a 5xx, within MaxAttempts, so a hung server fails the
+	// request in bounded time instead of stalling the job.
+	ConnectTimeout time.Duration
+	IOTimeout      time.Duration
+
 	PartSize           int64 // bytes per multipart part, at least 5 MiB
 	Concurrency        int   // parts in flight per upload
 	MultipartThreshold int64 // objects this large or larger go multipart
@@ -88,6 +99,12 @@ func (c S3Config) withDefaults() S3Config {
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.IOTimeout == 0 {
+		c.IOTimeout = DefaultIOTimeout
 	}
 	return c
 }
@@ -120,6 +137,9 @@ func (c S3Config) Validate() error {
 		return invalid("multipart threshold %d is above S3's 5 GiB limit for a single upload", c.MultipartThreshold)
 	case d.MaxAttempts < 1:
 		return invalid("max attempts %d is below 1", c.MaxAttempts)
+	}
+	if c.ConnectTimeout < 0 || c.IOTimeout < 0 {
+		return invalid("timeouts must not be negative")
 	}
 	if c.Endpoint != "" {
 		u, err := url.Parse(c.Endpoint)
@@ -161,6 +181,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		// add by default.
 		config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
 		config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
+		config.WithHTTPClient(httpClient(cfg)),
 	}
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
@@ -212,6 +233,20 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		s.endpoint = "AWS S3 (" + s.region + ")"
 	}
 	return s, nil
+}
+
+// httpClient is the SDK's default HTTP client with cfg's timeouts. The
+// SDK's read timeout also ends an upload the server stopped reading: the
+// connection's reader waits for the response meanwhile, and its timing out
+// closes the connection under the blocked writer.
+func httpClient(cfg S3Config) *awshttp.BuildableClient {
+	return awshttp.NewBuildableClient().
+		WithDialerOptions(func(d *net.Dialer) { d.Timeout = cfg.ConnectTimeout }).
+		WithTransportOptions(func(tr *http.Transport) {
+			tr.TLSHandshakeTimeout = cfg.ConnectTimeout
+			tr.ResponseHeaderTimeout = cfg.IOTimeout
+		}).
+		WithReadTimeout(cfg.IOTimeout) // per read, reset by every byte received
 }
 
 // String returns the store as s3://bucket/prefix, for logs.
