@@ -41,6 +41,10 @@ func globalFlags() []cli.Flag {
 			Usage: "static secret key, with --aws-access-key-id; never logged"},
 		&cli.StringFlag{Name: "aws-session-token", EnvVars: []string{"AWS_SESSION_TOKEN"}, Category: "S3",
 			Usage: "session token that goes with temporary static keys; never logged"},
+		&cli.IntFlag{Name: "s3-max-attempts", EnvVars: []string{"AWS_MAX_ATTEMPTS"}, Value: upload.DefaultMaxAttempts, Category: "S3",
+			Usage: "attempts per S3 request, the first included; 5xx, SlowDown, timeouts and refused connections are retried with jittered exponential backoff"},
+		&cli.DurationFlag{Name: "s3-io-timeout", EnvVars: []string{"WALCAKE_S3_IO_TIMEOUT"}, Value: upload.DefaultIOTimeout, Category: "S3",
+			Usage: "how long one S3 attempt waits on a silent server before it is retried"},
 		&cli.StringFlag{Name: "spool-dir", EnvVars: []string{"SPOOL_DIR"}, Value: "./spool", Category: "Spool",
 			Usage: "local directory of the spool (created 0700); losing it loses nothing, the slot keeps what the lake lacks"},
 		&cli.StringFlag{Name: "log-level", EnvVars: []string{"WALCAKE_LOG_LEVEL"}, Value: "info", Category: "Logging",
@@ -116,6 +120,8 @@ func openStore(ctx context.Context, c *cli.Context) (compact.Store, error) {
 			AccessKeyID:     c.String("aws-access-key-id"),
 			SecretAccessKey: c.String("aws-secret-access-key"),
 			SessionToken:    c.String("aws-session-token"),
+			MaxAttempts:     c.Int("s3-max-attempts"),
+			IOTimeout:       c.Duration("s3-io-timeout"),
 		})
 		if err != nil {
 			return nil, err
