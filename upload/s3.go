@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
+	tmtypes "github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
@@ -83,7 +84,20 @@ type S3Config struct {
 	Concurrency        int   // parts in flight per upload
 	MultipartThreshold int64 // objects this large or larger go multipart
 	MaxAttempts        int   // per request, the first one included
+
+	// SSE asks S3 to encrypt every object it stores: "" (the bucket's
+	// default), SSEAES256 (S3-managed keys) or SSEKMS (AWS KMS).
+	SSE string
+	// SSEKMSKeyID is the KMS key (id, ARN or alias ARN) for SSEKMS; empty
+	// means the account's AWS-managed key for S3.
+	SSEKMSKeyID string
 }
+
+// Values of S3Config.SSE.
+const (
+	SSEAES256 = "AES256"
+	SSEKMS    = "aws:kms"
+)
 
 // withDefaults fills the zero fields.
 func (c S3Config) withDefaults() S3Config {
@@ -137,6 +151,10 @@ func (c S3Config) Validate() error {
 		return invalid("multipart threshold %d is above S3's 5 GiB limit for a single upload", c.MultipartThreshold)
 	case d.MaxAttempts < 1:
 		return invalid("max attempts %d is below 1", c.MaxAttempts)
+	case c.SSE != "" && c.SSE != SSEAES256 && c.SSE != SSEKMS:
+		return invalid("server-side encryption %q: want %s or %s", c.SSE, SSEAES256, SSEKMS)
+	case c.SSEKMSKeyID != "" && c.SSE != SSEKMS:
+		return invalid("a KMS key id needs server-side encryption %s", SSEKMS)
 	}
 	if c.ConnectTimeout < 0 || c.IOTimeout < 0 {
 		return invalid("timeouts must not be negative")
@@ -284,6 +302,9 @@ func (s *S3) Put(ctx context.Context, key string, body io.ReadSeeker, size int64
 			Body:          body,
 			ContentLength: aws.Int64(size),
 			ContentType:   aws.String(contentType(key)),
+
+			ServerSideEncryption: types.ServerSideEncryption(s.cfg.SSE),
+			SSEKMSKeyId:          optional(s.cfg.SSEKMSKeyID),
 		})
 	} else {
 		_, err = s.tm.UploadObject(ctx, &transfermanager.UploadObjectInput{
@@ -292,6 +313,9 @@ func (s *S3) Put(ctx context.Context, key string, body io.ReadSeeker, size int64
 			Body:          body,
 			ContentLength: aws.Int64(size),
 			ContentType:   aws.String(contentType(key)),
+
+			ServerSideEncryption: tmtypes.ServerSideEncryption(s.cfg.SSE),
+			SSEKMSKeyID:          optional(s.cfg.SSEKMSKeyID),
 		})
 	}
 	if err != nil {
@@ -542,4 +566,12 @@ func contentType(key string) string {
 		return "application/json"
 	}
 	return "application/octet-stream"
+}
+
+// optional is nil for "", so that an unset option sends no header.
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return aws.String(s)
 }

@@ -77,6 +77,7 @@ func captureConfig(c *cli.Context, follow bool) (capture.Config, error) {
 		ConnString: conn, Slot: c.String("slot"), Publication: c.String("publication"),
 		Follow: follow, StatusInterval: c.Duration("status-interval"), Logger: log,
 	}
+	cfg.Progress = opsFrom(c).captureHook() // metrics and progress logs (ops.go)
 	if err := cfg.Validate(); err != nil {
 		return cfg, cli.Exit(err.Error(), 2)
 	}
@@ -101,7 +102,11 @@ func captureCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if err := opsFrom(c).beforeCapture(c.Context); err != nil { // heartbeat, slot health (ops.go)
+				return err
+			}
 			st, err := capture.Run(c.Context, cfg, sp)
+			opsFrom(c).captured(st)
 			if err != nil && !(cfg.Follow && errors.Is(err, errInterrupted)) {
 				return failure(err)
 			}
@@ -122,6 +127,7 @@ func compactCommand() *cli.Command {
 				return err
 			}
 			st, err := compact.Run(c.Context, cfg, sp)
+			opsFrom(c).compacted(st)
 			if err != nil {
 				return failure(err)
 			}
@@ -148,6 +154,7 @@ func compactSetup(c *cli.Context) (compact.Config, *spool.Spool, error) {
 		return compact.Config{}, nil, err
 	}
 	cfg := compact.Config{Store: store, ConnString: conn, Slot: c.String("slot"), Logger: log, Failpoint: failpointFromEnv()}
+	cfg.Progress = opsFrom(c).compactProgress(sp) // metrics and progress logs (ops.go)
 	if err := cfg.Validate(); err != nil {
 		return cfg, nil, cli.Exit(err.Error(), 2)
 	}
@@ -169,11 +176,16 @@ func runCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if err := opsFrom(c).beforeCapture(c.Context); err != nil { // heartbeat, slot health (ops.go)
+				return err
+			}
 			cst, err := capture.Run(c.Context, ccfg, sp)
+			opsFrom(c).captured(cst)
 			if err != nil {
 				return failure(fmt.Errorf("capture: %w", err))
 			}
 			kst, err := compact.Run(c.Context, kcfg, sp)
+			opsFrom(c).compacted(kst)
 			if err != nil {
 				return failure(fmt.Errorf("compact: %w", err))
 			}

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -45,18 +47,28 @@ func globalFlags() []cli.Flag {
 			Usage: "attempts per S3 request, the first included; 5xx, SlowDown, timeouts and refused connections are retried with jittered exponential backoff"},
 		&cli.DurationFlag{Name: "s3-io-timeout", EnvVars: []string{"WALCAKE_S3_IO_TIMEOUT"}, Value: upload.DefaultIOTimeout, Category: "S3",
 			Usage: "how long one S3 attempt waits on a silent server before it is retried"},
+		&cli.StringFlag{Name: "sse", EnvVars: []string{"WALCAKE_SSE"}, Category: "S3",
+			Usage: "server-side encryption of every object written: AES256 (S3-managed keys) or aws:kms (default: the bucket's default encryption)"},
+		&cli.StringFlag{Name: "sse-kms-key-id", EnvVars: []string{"WALCAKE_SSE_KMS_KEY_ID"}, Category: "S3",
+			Usage: "KMS key id, ARN or alias ARN for --sse aws:kms (default: the account's aws/s3 key)"},
 		&cli.StringFlag{Name: "spool-dir", EnvVars: []string{"SPOOL_DIR"}, Value: "./spool", Category: "Spool",
 			Usage: "local directory of the spool (created 0700); losing it loses nothing, the slot keeps what the lake lacks"},
 		&cli.StringFlag{Name: "log-level", EnvVars: []string{"WALCAKE_LOG_LEVEL"}, Value: "info", Category: "Logging",
 			Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", EnvVars: []string{"WALCAKE_LOG_FORMAT"}, Value: "logfmt", Category: "Logging",
 			Usage: "logfmt or json (logs go to stderr)"},
+		&cli.DurationFlag{Name: "shutdown-timeout", EnvVars: []string{"WALCAKE_SHUTDOWN_TIMEOUT"}, Value: defaultShutdownTimeout, Category: "Operations",
+			Usage: "after SIGTERM or SIGINT, exit at the latest this much later even if the current step has not finished (nothing is lost either way); keep it below the scheduler's kill timeout (ECS and Kubernetes: 30 s); 0 waits for the step"},
 	}
 }
 
-// newLogger builds the slog logger the flags ask for, writing to stderr.
+// newLogger returns the command's logger: the one its ops built (secrets
+// redacted, records counted), else one the flags ask for, writing to stderr.
 func newLogger(c *cli.Context) (*slog.Logger, error) {
-	return buildLogger(os.Stderr, c.String("log-level"), c.String("log-format"))
+	if o := opsFrom(c); o != nil {
+		return o.log, nil
+	}
+	return buildLogger(c.App.ErrWriter, c.String("log-level"), c.String("log-format"))
 }
 
 func buildLogger(w io.Writer, level, format string) (*slog.Logger, error) {
@@ -120,9 +132,14 @@ func openStore(ctx context.Context, c *cli.Context) (compact.Store, error) {
 			AccessKeyID:     c.String("aws-access-key-id"),
 			SecretAccessKey: c.String("aws-secret-access-key"),
 			SessionToken:    c.String("aws-session-token"),
+			SSE:             c.String("sse"),
+			SSEKMSKeyID:     c.String("sse-kms-key-id"),
 			MaxAttempts:     c.Int("s3-max-attempts"),
 			IOTimeout:       c.Duration("s3-io-timeout"),
 		})
+		if errors.Is(err, upload.ErrInvalidConfig) {
+			return nil, cli.Exit(err.Error(), 2)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -143,10 +160,60 @@ func connString(c *cli.Context) (string, error) {
 }
 
 func openSpool(c *cli.Context) (*spool.Spool, error) {
-	return spool.Open(c.String("spool-dir"), spool.Options{
+	sp, err := spool.Open(c.String("spool-dir"), spool.Options{
 		SegmentMaxAge: c.Duration("segment-max-age"), // zero (commands without the flag): the default
 		BeforeWrite:   spoolFaultFromEnv(),
 	})
+	if err != nil {
+		return nil, err
+	}
+	if err := privateDir(sp.Dir()); err != nil {
+		if log, lerr := newLogger(c); lerr == nil {
+			log.Warn("spool directory is readable by other users", "err", err)
+		}
+	}
+	return sp, nil
+}
+
+// privateDir makes dir mode 0700 when it was made looser (a volume's root, a
+// directory created by hand): the spool holds row data.
+func privateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("%s has mode %04o and cannot be made 0700: %w", dir, fi.Mode().Perm(), err)
+	}
+	return nil
+}
+
+// parseSize parses a byte size the way PostgreSQL does: a number with an
+// optional unit B, kB, MB, GB or TB, each 1024 times the last (KiB, MiB, GiB
+// and TiB are accepted too).
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	i := 0
+	for i < len(s) && (s[i] >= '0' && s[i] <= '9' || s[i] == '.') {
+		i++
+	}
+	num, unit := s[:i], strings.ToLower(strings.TrimSpace(s[i:]))
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 {
+		return 0, errors.New("want a size such as 512MB or 10GB")
+	}
+	mult := map[string]float64{"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+		"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("unknown unit %q: want B, kB, MB, GB or TB", s[i:])
+	}
+	if v*mult > math.MaxInt64/2 {
+		return 0, errors.New("too large")
+	}
+	return int64(v * mult), nil
 }
 
 // failure turns an error into the one-line reason main prints, keeping

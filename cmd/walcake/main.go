@@ -6,9 +6,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -29,34 +33,96 @@ var (
 )
 
 func main() {
-	ctx, stop := signalContext()
+	rt := newRuntime(os.Stdout, os.Stderr)
+	app := newAppWith(rt)
+	ctx, stop := signalContext(rt)
 	defer stop()
-	err := newApp().RunContext(ctx, os.Args)
+	err := app.RunContext(ctx, os.Args)
 	if err == nil {
 		return
 	}
 	var exit cli.ExitCoder
 	if errors.As(err, &exit) {
 		if msg := exit.Error(); msg != "" {
-			fmt.Fprintln(os.Stderr, "walcake:", msg)
+			fmt.Fprintln(rt.stderr, "walcake:", oneLine(msg))
 		}
 		os.Exit(exit.ExitCode())
 	}
-	fmt.Fprintln(os.Stderr, "walcake:", err)
+	fmt.Fprintln(rt.stderr, "walcake:", oneLine(err.Error()))
 	os.Exit(1)
 }
 
-// signalContext is cancelled by the first SIGINT or SIGTERM; a second one
-// exits at once.
-func signalContext() (context.Context, context.CancelFunc) {
+// oneLine joins the lines of an error message (pgconn lists each address
+// it tried on a line of its own, often twice) into one, without repeats.
+func oneLine(msg string) string {
+	var out strings.Builder
+	for _, l := range strings.Split(msg, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.Contains(out.String(), l) {
+			continue
+		}
+		if out.Len() > 0 {
+			out.WriteByte(' ')
+		}
+		out.WriteString(l)
+	}
+	return out.String()
+}
+
+// defaultShutdownTimeout bounds how long a command may take to stop after
+// SIGTERM or SIGINT: below the 30 s that ECS, Kubernetes and systemd give
+// before they send SIGKILL.
+const defaultShutdownTimeout = 20 * time.Second
+
+// runtime is what main and the commands share: outputs that redact secrets,
+// and the shutdown bound the flags set.
+type runtime struct {
+	secrets         *secrets
+	stdout, stderr  *redactor
+	shutdownTimeout atomic.Int64 // nanoseconds; 0: wait for the command
+}
+
+func newRuntime(stdout, stderr io.Writer) *runtime {
+	s := &secrets{}
+	rt := &runtime{secrets: s, stdout: &redactor{w: stdout, secrets: s}, stderr: &redactor{w: stderr, secrets: s}}
+	rt.shutdownTimeout.Store(int64(defaultShutdownTimeout))
+	return rt
+}
+
+func (rt *runtime) setShutdownTimeout(d time.Duration) {
+	if d >= 0 {
+		rt.shutdownTimeout.Store(int64(d))
+	}
+}
+
+// signalContext is cancelled by the first SIGINT or SIGTERM, which also
+// starts the shutdown bound: a command still running when it passes, or a
+// second signal, exits at once. Exiting at any moment loses nothing: the
+// slot keeps whatever the lake does not hold, and the spool and the lake
+// recover from a stop at any step, as from SIGKILL.
+func signalContext(rt *runtime) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	ch := make(chan os.Signal, 2)
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		sig := <-ch
+		bound := time.Duration(rt.shutdownTimeout.Load())
+		if bound > 0 {
+			fmt.Fprintf(rt.stderr, "walcake: received %s, stopping (at most %s; send it again to exit now)\n", sig, bound)
+		} else {
+			fmt.Fprintf(rt.stderr, "walcake: received %s, stopping (send it again to exit now)\n", sig)
+		}
 		cancel(fmt.Errorf("%w: received %s", errInterrupted, sig))
-		sig = <-ch
-		fmt.Fprintf(os.Stderr, "walcake: received %s again, exiting now\n", sig)
+		var deadline <-chan time.Time
+		if bound > 0 {
+			deadline = time.After(bound)
+		}
+		select {
+		case sig = <-ch:
+			fmt.Fprintf(rt.stderr, "walcake: received %s again, exiting now; nothing is lost, the next run resumes from the slot\n", sig)
+		case <-deadline:
+			fmt.Fprintf(rt.stderr, "walcake: still stopping after %s, exiting now; nothing is lost, the next run resumes from the slot\n", bound)
+		}
 		os.Exit(130)
 	}()
 	return ctx, func() { signal.Stop(ch); cancel(nil) }
@@ -64,7 +130,12 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 var errInterrupted = errors.New("interrupted")
 
-func newApp() *cli.App {
+// newAppWith is the walcake CLI writing through rt.
+func newAppWith(rt *runtime) *cli.App {
+	commands := []*cli.Command{setupCommand(), captureCommand(), compactCommand(), runCommand(), statusCommand()}
+	for _, cmd := range commands {
+		withOps(rt, cmd)
+	}
 	return &cli.App{
 		Name:    "walcake",
 		Usage:   "stream PostgreSQL logical replication into a Parquet data lake on S3",
@@ -77,7 +148,9 @@ Typical use: "walcake setup" once, then "walcake run" from cron, an ECS
 scheduled task or a Kubernetes CronJob. Every flag can also be set through the
 environment variable shown beside it.`,
 		Flags:                globalFlags(),
-		Commands:             []*cli.Command{setupCommand(), captureCommand(), compactCommand(), runCommand(), statusCommand()},
+		Commands:             commands,
+		Writer:               rt.stdout,
+		ErrWriter:            rt.stderr,
 		EnableBashCompletion: true,
 		HideHelpCommand:      true,
 		ExitErrHandler:       func(*cli.Context, error) {}, // main prints errors
