@@ -267,3 +267,36 @@ WHERE attrelid = $1::oid AND attname = $2 AND NOT attisdropped`
 	c.mu.Unlock()
 	return int(dims), nil
 }
+
+// stableOutput reports whether the text output of a column of type t
+// depends only on the stored value: true for base types and arrays of them,
+// false for enums (a label can be renamed), composites and ranges of user
+// types (their parts can be), money (lc_monetary) and the OID alias types
+// (reg*: object names). The TOAST state store keeps values of stable types
+// only, so that a value it fills is the text PostgreSQL would send.
+func (c *catalog) stableOutput(ctx context.Context, t pgType) (bool, error) {
+	oid := t.OID
+	for range 2 { // the type, then an array's element
+		switch oid {
+		case 790, 791, // money, _money
+			24, 2202, 2203, 2204, 2205, 2206, 3734, 3769, 4089, 4096, 4191: // regproc … regcollation
+			return false, nil
+		}
+		row, err := c.typeRow(ctx, oid)
+		if err != nil {
+			return false, err
+		}
+		if row.missing || row.typtype != 'b' {
+			return false, nil
+		}
+		if row.category != 'A' || row.elem == 0 {
+			return true, nil
+		}
+		elem, _, _, err := c.resolveDomain(ctx, row.elem, -1)
+		if err != nil {
+			return false, err
+		}
+		oid = elem
+	}
+	return false, nil // an array of arrays: not a type PostgreSQL has
+}

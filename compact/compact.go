@@ -83,6 +83,12 @@ type Stats struct {
 	LastLSN   pglogrepl.LSN
 	SlotLSN   pglogrepl.LSN // the slot's confirmed position after the run
 	Manifests []string      // keys of the manifests written
+	// Nulled counts, by table.column, the values written as NULL because
+	// their Parquet type cannot hold them (docs/types.md). [issue 4]
+	Nulled map[string]int64
+	// Unfilled counts unchanged TOAST values that wal-cake could not fill:
+	// NULL in their row and named in _unchanged. [issue 4]
+	Unfilled int64
 }
 
 // Run commits every sealed segment of sp to the lake, then advances the slot.
@@ -124,6 +130,10 @@ func Run(ctx context.Context, cfg Config, sp *spool.Spool) (Stats, error) {
 		log:     log,
 		st:      &st,
 	}
+	if err := c.openState(ctx); err != nil { // TOAST state store (state.go) [issue 4]
+		return st, err
+	}
+	defer c.closeState()
 	segs, err := sp.Sealed()
 	if err != nil {
 		return st, err
@@ -290,6 +300,9 @@ func (c *committer) commit(ctx context.Context, batch []spool.SegmentInfo) (err 
 			return err
 		}
 		c.head = lakeHead{Key: manifestKey(last), CommitLSN: last, EndLSN: end, Manifest: m}
+		if err := c.afterCommit(); err != nil { // TOAST state store, nulled counts (state.go) [issue 4]
+			return err
+		}
 		c.st.Commits++
 		c.st.Txns += txns
 		c.st.Manifests = append(c.st.Manifests, c.head.Key)
@@ -452,7 +465,7 @@ func latestSchema(ctx context.Context, store Store, table string) (schemaHead, e
 	if err := json.Unmarshal(b, &d); err != nil {
 		return schemaHead{}, fmt.Errorf("parse schema %s: %w", last, err)
 	}
-	return schemaHead{fingerprint: fingerprintOf(d.Columns), version: d.Version}, nil
+	return schemaHead{fingerprint: d.fingerprint(), version: d.Version}, nil
 }
 
 func sumRows(m map[string]int64) int64 {

@@ -34,18 +34,26 @@ func manifestKey(last pglogrepl.LSN) string { return manifestPrefix + lsnHex(las
 
 func schemaKey(table, version string) string { return schemaPrefix + table + "/" + version + ".json" }
 
-// tableName is how a table is named in the lake: <schema>.<table>, with the
-// characters that would break a path replaced. Names are exact otherwise.
+// tableName is how a table is named in the lake: <schema>.<table>, exact
+// but for the characters that would break a path or make two tables share a
+// name, which are percent-encoded: '%', '.', '/', '\\' ("a.b"."c" is
+// a%2Eb.c, "a"."b.c" is a.b%2Ec). [issue 4: same-named tables never collide]
 func tableName(schema, table string) string {
 	return sanitize(schema) + "." + sanitize(table)
 }
 
 func sanitize(s string) string {
-	return strings.Map(func(r rune) rune {
-		switch r {
-		case '/', '\\', 0:
-			return '_'
+	if !strings.ContainsAny(s, "%./\\\x00") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '%', '.', '/', '\\', 0:
+			fmt.Fprintf(&b, "%%%02X", c)
+		default:
+			b.WriteByte(c)
 		}
-		return r
-	}, s)
+	}
+	return b.String()
 }

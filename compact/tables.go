@@ -2,6 +2,7 @@ package compact
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -40,17 +41,65 @@ type column struct {
 	Type pgType
 	Key  bool // part of the replica identity (primary key, index or FULL)
 	conv converter
+
+	nameBytes []byte // Name, for _unchanged
+	// stable: the column's text output depends only on the stored value
+	// (not on an enum's labels, a composite's fields or lc_monetary), so a
+	// value the state store kept can fill a later unchanged TOAST value.
+	stable bool
 }
+
+// Replica identities, as in pg_class.relreplident and the Relation message.
+const (
+	identityDefault = 'd' // the primary key, if any
+	identityNothing = 'n'
+	identityFull    = 'f' // the whole row
+	identityIndex   = 'i' // REPLICA IDENTITY USING INDEX
+)
 
 // tableSchema is one version of a table's columns.
 type tableSchema struct {
 	Table           string // lake name, <schema>.<table>
 	Schema, Name    string // PostgreSQL names
+	RelationID      uint32 // pg_class OID: differs when a table is dropped and re-created
 	ReplicaIdentity byte   // d, n, f, i
 	Columns         []column
 	fingerprint     string
 	parquet         *parquet.Schema
 	Version         string // lake schema version, set when first written
+	hasKey          bool   // some column is part of the replica identity
+}
+
+// keyed reports whether the table's rows have an identity narrower than the
+// whole row (a primary key or a replica identity index), so that an UPDATE
+// can omit unchanged TOAST values that only the row's earlier versions hold.
+func (ts *tableSchema) keyed() bool {
+	return ts.hasKey && ts.ReplicaIdentity != identityFull
+}
+
+// appendKey appends an encoding of the replica identity columns of vals to
+// dst: per key column, its name and value. It returns nil when a key value
+// is unknown (an unchanged TOAST value that could not be filled).
+func (ts *tableSchema) appendKey(dst []byte, vals []colValue) []byte {
+	for i, c := range ts.Columns {
+		if !c.Key {
+			continue
+		}
+		v := vals[i]
+		if v.unchanged {
+			return nil
+		}
+		dst = binary.AppendUvarint(dst, uint64(len(c.Name)))
+		dst = append(dst, c.Name...)
+		if v.null {
+			dst = append(dst, 'n')
+			continue
+		}
+		dst = append(dst, 't')
+		dst = binary.AppendUvarint(dst, uint64(len(v.data)))
+		dst = append(dst, v.data...)
+	}
+	return dst
 }
 
 // schemaDoc is the JSON written to _walcake/schemas/<table>/<version>.json.
@@ -61,6 +110,7 @@ type schemaDoc struct {
 	Name            string         `json:"name"`
 	Version         string         `json:"version"`
 	FirstCommitLSN  string         `json:"first_commit_lsn"`
+	RelationOID     uint32         `json:"relation_oid,omitempty"` // pg_class OID of the table
 	ReplicaIdentity string         `json:"replica_identity"`
 	Columns         []schemaColumn `json:"columns"`
 }
@@ -80,6 +130,7 @@ func (ts *tableSchema) doc(firstCommit pglogrepl.LSN) schemaDoc {
 	d := schemaDoc{
 		Format: 1, Table: ts.Table, Schema: ts.Schema, Name: ts.Name, Version: ts.Version,
 		FirstCommitLSN:  firstCommit.String(),
+		RelationOID:     ts.RelationID,
 		ReplicaIdentity: string(ts.ReplicaIdentity),
 	}
 	for _, c := range ts.Columns {
@@ -92,8 +143,14 @@ func (ts *tableSchema) doc(firstCommit pglogrepl.LSN) schemaDoc {
 	return d
 }
 
-// fingerprintOf identifies a schema version by what changes the files:
-// column names, types and keys.
+// fingerprint identifies a schema version by what changes the files
+// (column names, types and keys) and by the table's relation OID, so that a
+// table dropped and re-created starts a new version.
+func (d schemaDoc) fingerprint() string {
+	return fmt.Sprintf("%d:%s", d.RelationOID, fingerprintOf(d.Columns))
+}
+
+// fingerprintOf identifies a list of columns: names, types and keys.
 func fingerprintOf(cols []schemaColumn) string {
 	type fp struct {
 		Name      string
@@ -110,12 +167,39 @@ func fingerprintOf(cols []schemaColumn) string {
 	return string(b)
 }
 
+// latestSchemaDoc reads the newest schema version of a lake table; ok is
+// false when the lake has none.
+func latestSchemaDoc(ctx context.Context, store Store, table string) (doc schemaDoc, ok bool, err error) {
+	var last string
+	err = store.List(ctx, schemaPrefix+table+"/", func(o Object) error {
+		if strings.HasSuffix(o.Key, ".json") {
+			last = o.Key
+		}
+		return nil
+	})
+	if err != nil {
+		return doc, false, fmt.Errorf("list schemas of %s: %w", table, err)
+	}
+	if last == "" {
+		return doc, false, nil
+	}
+	b, err := getAll(ctx, store, last)
+	if err != nil {
+		return doc, false, fmt.Errorf("read schema %s: %w", last, err)
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return doc, false, fmt.Errorf("parse schema %s: %w", last, err)
+	}
+	return doc, true, nil
+}
+
 // newTableSchema resolves a Relation message's columns through the catalog.
 func newTableSchema(ctx context.Context, cat *catalog, rel *pglogrepl.RelationMessage) (*tableSchema, error) {
 	ts := &tableSchema{
 		Table:           tableName(rel.Namespace, rel.RelationName),
 		Schema:          rel.Namespace,
 		Name:            rel.RelationName,
+		RelationID:      rel.RelationID,
 		ReplicaIdentity: rel.ReplicaIdentity,
 	}
 	fields := metadataFields()
@@ -124,11 +208,17 @@ func newTableSchema(ctx context.Context, cat *catalog, rel *pglogrepl.RelationMe
 		if err != nil {
 			return nil, fmt.Errorf("table %s column %s: %w", ts.Table, rc.Name, err)
 		}
-		c := column{Name: rc.Name, Type: t, Key: rc.Flags&1 == 1, conv: newConverter(t)}
+		stable, err := cat.stableOutput(ctx, t)
+		if err != nil {
+			return nil, fmt.Errorf("table %s column %s: %w", ts.Table, rc.Name, err)
+		}
+		c := column{Name: rc.Name, Type: t, Key: rc.Flags&1 == 1, conv: newConverter(t),
+			nameBytes: []byte(rc.Name), stable: stable}
+		ts.hasKey = ts.hasKey || c.Key
 		ts.Columns = append(ts.Columns, c)
 		fields = append(fields, field{name: rc.Name, node: c.conv.node()})
 	}
 	ts.parquet = parquet.NewSchema(ts.Table, orderedGroup(fields))
-	ts.fingerprint = fingerprintOf(ts.doc(0).Columns)
+	ts.fingerprint = ts.doc(0).fingerprint()
 	return ts, nil
 }
