@@ -22,7 +22,14 @@ type SetupConfig struct {
 	// Tables to publish as schema.table (schema defaults to public); empty
 	// means all tables.
 	Tables []string
-	Logger *slog.Logger
+	// ViaPartitionRoot, when set, makes the publication's
+	// publish_via_partition_root that value (on an existing publication too):
+	// true publishes the changes of a partitioned table's partitions as the
+	// partitioned table, one lake table; false publishes each partition as
+	// itself. Nil keeps an existing publication's setting (false for a new
+	// one).
+	ViaPartitionRoot *bool
+	Logger           *slog.Logger
 }
 
 // SetupResult reports what Setup found and did.
@@ -31,6 +38,10 @@ type SetupResult struct {
 	AddedTables        []string
 	CreatedSlot        bool
 	SlotLSN            pglogrepl.LSN // the slot's confirmed_flush_lsn
+	// ViaPartitionRoot is the publication's publish_via_partition_root after
+	// Setup; ChangedViaPartitionRoot reports that Setup changed it.
+	ViaPartitionRoot        bool
+	ChangedViaPartitionRoot bool
 	// Warnings name published tables whose updates and deletes cannot be
 	// captured as they are (no primary key and no usable replica identity).
 	Warnings []string
@@ -73,11 +84,17 @@ func Setup(ctx context.Context, cfg SetupConfig) (SetupResult, error) {
 	if err != nil {
 		return res, err
 	}
-	if err := ensurePublication(ctx, conn, cfg.Publication, tables, &res); err != nil {
+	if err := ensurePublication(ctx, conn, cfg.Publication, tables, cfg.ViaPartitionRoot, &res); err != nil {
 		return res, err
 	}
 	if res.CreatedPublication {
-		log.Info("created publication", "publication", cfg.Publication, "tables", tableList(tables))
+		log.Info("created publication", "publication", cfg.Publication, "tables", tableList(tables),
+			"via_partition_root", res.ViaPartitionRoot)
+	}
+	if res.ChangedViaPartitionRoot {
+		log.Warn("changed the publication's publish_via_partition_root: changes of partitions from now on land in the lake under "+
+			map[bool]string{true: "their partitioned table", false: "each partition's own name"}[res.ViaPartitionRoot],
+			"publication", cfg.Publication, "via_partition_root", res.ViaPartitionRoot)
 	}
 	for _, t := range res.AddedTables {
 		log.Info("added table to publication", "publication", cfg.Publication, "table", t)
@@ -179,9 +196,9 @@ func finishPart(p string, quoted bool) string {
 	return strings.ToLower(p)
 }
 
-func ensurePublication(ctx context.Context, conn *pgx.Conn, pub string, tables []pgx.Identifier, res *SetupResult) error {
-	var allTables bool
-	err := conn.QueryRow(ctx, "SELECT puballtables FROM pg_publication WHERE pubname = $1", pub).Scan(&allTables)
+func ensurePublication(ctx context.Context, conn *pgx.Conn, pub string, tables []pgx.Identifier, viaRoot *bool, res *SetupResult) error {
+	var allTables, pubViaRoot bool
+	err := conn.QueryRow(ctx, "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1", pub).Scan(&allTables, &pubViaRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		sql := "CREATE PUBLICATION " + pgx.Identifier{pub}.Sanitize()
 		if len(tables) == 0 {
@@ -193,6 +210,10 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pub string, tables [
 			}
 			sql += " FOR TABLE " + strings.Join(names, ", ")
 		}
+		if viaRoot != nil && *viaRoot {
+			sql += " WITH (publish_via_partition_root = true)"
+			res.ViaPartitionRoot = true
+		}
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("create publication %s: %w", pub, err)
 		}
@@ -201,6 +222,14 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pub string, tables [
 	}
 	if err != nil {
 		return fmt.Errorf("look up publication %s: %w", pub, err)
+	}
+	res.ViaPartitionRoot = pubViaRoot
+	if viaRoot != nil && *viaRoot != pubViaRoot {
+		sql := fmt.Sprintf("ALTER PUBLICATION %s SET (publish_via_partition_root = %t)", pgx.Identifier{pub}.Sanitize(), *viaRoot)
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("set publish_via_partition_root of publication %s: %w", pub, err)
+		}
+		res.ViaPartitionRoot, res.ChangedViaPartitionRoot = *viaRoot, true
 	}
 	if allTables || len(tables) == 0 {
 		return nil

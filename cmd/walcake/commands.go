@@ -20,6 +20,9 @@ func setupCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "tables", EnvVars: []string{"WALCAKE_TABLES"},
 				Usage: "tables to publish, as schema.table, comma-separated (default: all tables)"},
+			&cli.BoolFlag{Name: "via-partition-root", EnvVars: []string{"WALCAKE_VIA_PARTITION_ROOT"},
+				Usage: "publish a partitioned table's changes as the partitioned table (one lake table) rather than per partition " +
+					"(publish_via_partition_root; when not given, an existing publication keeps its setting)"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
@@ -34,9 +37,14 @@ func setupCommand() *cli.Command {
 			for _, t := range c.StringSlice("tables") {
 				tables = append(tables, strings.Split(t, ",")...)
 			}
+			var viaRoot *bool
+			if c.IsSet("via-partition-root") {
+				v := c.Bool("via-partition-root")
+				viaRoot = &v
+			}
 			res, err := capture.Setup(c.Context, capture.SetupConfig{
 				ConnString: conn, Slot: c.String("slot"), Publication: c.String("publication"),
-				Tables: tables, Logger: log,
+				Tables: tables, ViaPartitionRoot: viaRoot, Logger: log,
 			})
 			if err != nil {
 				return failure(err)
