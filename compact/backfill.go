@@ -1,0 +1,783 @@
+package compact
+
+// Backfill: a table's existing rows as R rows, consistent with the stream.
+// docs/backfill.md explains why the result is exact.
+//
+// Invariants:
+//
+//   - Every R row carries the LSN of a snapshot taken by a temporary logical
+//     slot (minus one, see snapshotLSN): the transactions committed before it
+//     are in the row, those after it are in the stream with higher
+//     _commit_lsn. The replication slot must exist before any snapshot.
+//   - A keyed table is read in key ranges that partition the key space, each
+//     range in its own snapshot and its own lake commit: every key has at
+//     most one R row per run.
+//   - A keyless table is read in ctid ranges of one snapshot and committed
+//     by one manifest: its R rows are the table's multiset at one LSN.
+//   - Backfill manifests are never named <16 hex>.json: they never move the
+//     stream's head, and the slot is never advanced for them.
+//   - A chunk's data object is named in its intent before it is uploaded; a
+//     chunk whose manifest is missing is undone before it is read again.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+)
+
+// BackfillConfig configures a backfill.
+type BackfillConfig struct {
+	Store       Store
+	ConnString  string
+	Slot        string // must exist: changes after each snapshot reach the lake through it
+	Publication string
+	// Tables to backfill as schema.table; empty means every published table.
+	Tables []string
+	// Parallel is how many chunks are read at once. Default 2.
+	Parallel int
+	// ChunkRows is the number of rows per key range. Default 250,000.
+	ChunkRows int64
+	// Again starts a new backfill of tables already backfilled; otherwise
+	// they are skipped.
+	Again bool
+	// TempDir holds the chunks' Parquet files until they are uploaded.
+	// Required.
+	TempDir string
+	Logger  *slog.Logger
+	// Progress, when set, is called every ProgressInterval (default 1 s) and
+	// once at the end. It must not block.
+	Progress         func(BackfillStats)
+	ProgressInterval time.Duration
+	// Failpoint, when set, is called at each step of a chunk's commit with
+	// the step's name (see BackfillFailpoints); tests make it stop the
+	// process.
+	Failpoint func(name string)
+}
+
+// Validate checks the configuration and fills in defaults.
+func (c *BackfillConfig) Validate() error {
+	switch {
+	case c.Store == nil:
+		return errors.New("backfill: no lake destination (WALCAKE_DEST or S3_BUCKET_NAME)")
+	case c.ConnString == "":
+		return errors.New("backfill: no PostgreSQL connection string (PG_CONN_STRING)")
+	case c.Slot == "":
+		return errors.New("backfill: no slot name (PG_SLOT)")
+	case c.Publication == "":
+		return errors.New("backfill: no publication name (PG_PUBLICATION)")
+	case c.TempDir == "":
+		return errors.New("backfill: no directory for temporary files")
+	case c.Parallel < 0 || c.ChunkRows < 0:
+		return errors.New("backfill: --parallel and --chunk-rows must be positive")
+	}
+	if c.Parallel == 0 {
+		c.Parallel = 2
+	}
+	if c.ChunkRows == 0 {
+		c.ChunkRows = 250_000
+	}
+	if c.ProgressInterval <= 0 {
+		c.ProgressInterval = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Failpoint names of a backfill chunk's commit, in order.
+const (
+	FailBackfillAfterPlan     = "backfill-after-plan"     // a chunk's range is recorded
+	FailBackfillAfterIntent   = "backfill-after-intent"   // its intent is written
+	FailBackfillAfterUpload   = "backfill-after-upload"   // its data file is uploaded
+	FailBackfillAfterManifest = "backfill-after-manifest" // its manifest is written
+	FailBackfillAfterChunk    = "backfill-after-chunk"    // it is recorded as done
+)
+
+// BackfillFailpoints lists the failpoints of a backfill.
+var BackfillFailpoints = []string{
+	FailBackfillAfterPlan, FailBackfillAfterIntent, FailBackfillAfterUpload,
+	FailBackfillAfterManifest, FailBackfillAfterChunk,
+}
+
+// BackfillStats are the figures of a backfill, per table.
+type BackfillStats struct {
+	Tables  []BackfillTableStats
+	Workers int
+	Elapsed time.Duration
+}
+
+// BackfillTableStats are one table's figures.
+type BackfillTableStats struct {
+	Table string
+	Run   string
+	Mode  string // "key" or "ctid"
+	// Rows read by this process so far.
+	Rows int64
+	// EstimatedRows is the planner's estimate of the table's rows
+	// (pg_class.reltuples) at the start; negative when unknown.
+	EstimatedRows int64
+	ChunkRows     int64
+	ChunksDone    int // including chunks done by an earlier process
+	ChunksPlanned int // so far; final when PlanDone
+	ChunksResumed int // done by an earlier process
+	PlanDone      bool
+	Done          bool
+	Skipped       bool // backfilled before (see BackfillConfig.Again)
+	Files         int
+	Bytes         int64
+	FirstSnapshot pglogrepl.LSN // _commit_lsn of the R rows, lowest and highest
+	LastSnapshot  pglogrepl.LSN
+	Elapsed       time.Duration // since this process started the table
+}
+
+// Rows sums the rows read by this process.
+func (s BackfillStats) Rows() (n int64) {
+	for _, t := range s.Tables {
+		n += t.Rows
+	}
+	return n
+}
+
+// bfChunk is one unit of work.
+type bfChunk struct {
+	table *bfTable
+	plan  bfChunkPlan
+}
+
+// backfiller runs one backfill.
+type backfiller struct {
+	cfg     BackfillConfig
+	log     *slog.Logger
+	tables  []*bfTable
+	slotTag string // makes temporary slot names unique to this process
+	started time.Time
+	workers int
+}
+
+// Backfill copies the existing rows of the configured tables into the lake
+// as R rows, resuming what an earlier backfill left unfinished.
+func Backfill(ctx context.Context, cfg BackfillConfig) (BackfillStats, error) {
+	if err := cfg.Validate(); err != nil {
+		return BackfillStats{}, err
+	}
+	b := &backfiller{cfg: cfg, log: cfg.Logger.With("dest", fmt.Sprint(cfg.Store)), slotTag: randomHex(4), started: time.Now()}
+	conn, err := backfillConnect(ctx, cfg.ConnString, false)
+	if err != nil {
+		return b.stats(), err
+	}
+	defer func() {
+		// Release the table locks now rather than when the server notices
+		// the session's end, which a next run could beat.
+		conn.Exec(context.Background(), "SELECT pg_advisory_unlock_all()")
+		conn.Close(context.Background())
+	}()
+
+	if err := checkSlot(ctx, conn, cfg.Slot); err != nil {
+		return b.stats(), err
+	}
+	published, err := publishedTables(ctx, conn, cfg.Publication)
+	if err != nil {
+		return b.stats(), err
+	}
+	if len(cfg.Tables) == 0 {
+		b.tables = published
+	} else if b.tables, err = selectTables(published, cfg.Tables, cfg.Publication); err != nil {
+		return b.stats(), err
+	}
+	if len(b.tables) == 0 {
+		return b.stats(), fmt.Errorf("backfill: publication %s has no tables", cfg.Publication)
+	}
+	for _, t := range b.tables {
+		if err := t.lock(ctx, conn, cfg.Slot); err != nil {
+			return b.stats(), err
+		}
+	}
+	if b.workers, err = replicationCapacity(ctx, conn, cfg.Parallel, b.log); err != nil {
+		return b.stats(), err
+	}
+	for _, t := range b.tables {
+		if err := b.prepare(ctx, t); err != nil {
+			return b.stats(), err
+		}
+	}
+
+	stopProgress := b.reportProgress()
+	err = b.runAll(ctx, conn)
+	stopProgress()
+	for _, t := range b.tables {
+		if t.exporter != nil {
+			t.exporter.Close(context.Background())
+		}
+	}
+	st := b.stats()
+	if err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// checkSlot makes sure the replication slot exists and is intact: the
+// changes after each snapshot reach the lake only through it.
+func checkSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
+	var plugin, walStatus *string
+	err := conn.QueryRow(ctx, "SELECT plugin, wal_status FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&plugin, &walStatus)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("backfill: replication slot %s does not exist; run walcake setup first (without the slot the changes made after the backfill's snapshots would be lost)", slot)
+	}
+	if err != nil {
+		return fmt.Errorf("backfill: look up slot %s: %w", slot, err)
+	}
+	if plugin == nil || *plugin != "pgoutput" {
+		return fmt.Errorf("backfill: replication slot %s is not a logical pgoutput slot", slot)
+	}
+	if walStatus != nil && *walStatus == "lost" {
+		return fmt.Errorf("backfill: replication slot %s has lost WAL (wal_status = lost): the stream has a gap a backfill cannot close; recreate the slot", slot)
+	}
+	return nil
+}
+
+// replicationCapacity returns how many workers the server has room for:
+// each holds a walsender and, while it reads, a temporary slot; one more is
+// kept for the exported snapshot of a keyless table.
+func replicationCapacity(ctx context.Context, conn *pgx.Conn, want int, log *slog.Logger) (int, error) {
+	var slots, senders int
+	err := conn.QueryRow(ctx, `SELECT
+		current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots),
+		current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)`).Scan(&slots, &senders)
+	if err != nil {
+		return 0, fmt.Errorf("backfill: read replication limits: %w", err)
+	}
+	free := min(slots, senders) - 1
+	if free < 1 {
+		return 0, fmt.Errorf("backfill: the server has %d free replication slots and %d free WAL senders; backfill needs at least 2 (raise max_replication_slots and max_wal_senders)", slots, senders)
+	}
+	if want > free {
+		log.Warn("fewer workers than asked for: the server is short of replication slots or WAL senders", "parallel", free, "asked", want)
+		return free, nil
+	}
+	return want, nil
+}
+
+// prepare finds the table's run to continue, or starts one.
+func (b *backfiller) prepare(ctx context.Context, t *bfTable) error {
+	t.started = time.Now()
+	last, err := latestRun(ctx, b.cfg.Store, t.name)
+	if err != nil {
+		return err
+	}
+	mode := modeCTID
+	var keyNames []string
+	if t.keyed() {
+		mode = modeKey
+		for _, k := range t.keys {
+			keyNames = append(keyNames, k.name)
+		}
+	}
+	if last != nil && last.State == runRunning && last.Mode == modeCTID {
+		// A keyless table's rows must all come from one snapshot, which
+		// died with the process that took it: finish its commit if it
+		// happened, else undo it and start over.
+		if done, err := b.settleCTIDRun(ctx, last); err != nil {
+			return err
+		} else if !done {
+			last.State = runAbandoned
+		}
+	}
+	switch {
+	case last != nil && last.State == runRunning && last.Mode == mode && slices.Equal(last.KeyColumns, keyNames):
+		t.run = last
+		b.log.Info("resuming backfill", "table", t.name, "run", last.Run)
+		return nil
+	case last != nil && last.State == runRunning:
+		// The key changed since: start over with the new one. Its done
+		// chunks stay in the lake and are correct; they are just older.
+		last.State = runAbandoned
+		if err := putJSON(ctx, b.cfg.Store, runKey(t.name, last.Run), last); err != nil {
+			return err
+		}
+	case last != nil && last.State == runDone && !b.cfg.Again:
+		t.run, t.skipped, t.planDone = last, true, true
+		t.ended.Store(time.Now().UnixNano())
+		b.log.Info("table was backfilled before; skipping (use --again to backfill it again)", "table", t.name, "run", last.Run)
+		return nil
+	}
+	t.run = &bfRunRecord{
+		Format: 1, Table: t.name, Run: nextRunID(last), State: runRunning, Mode: mode,
+		KeyColumns: keyNames, ChunkRows: b.cfg.ChunkRows, StartedAt: time.Now().UTC().Truncate(time.Millisecond),
+	}
+	if err := putJSON(ctx, b.cfg.Store, runKey(t.name, t.run.Run), t.run); err != nil {
+		return err
+	}
+	b.log.Info("starting backfill", "table", t.name, "run", t.run.Run, "mode", mode, "estimated_rows", t.estRows)
+	return nil
+}
+
+// settleCTIDRun finishes an interrupted keyless run whose manifest was
+// written, or deletes the files it uploaded. It reports whether the run is
+// done.
+func (b *backfiller) settleCTIDRun(ctx context.Context, r *bfRunRecord) (bool, error) {
+	store := b.cfg.Store
+	if r.Manifest != "" {
+		ok, err := exists(ctx, store, r.Manifest)
+		if err != nil {
+			return false, fmt.Errorf("look up %s: %w", r.Manifest, err)
+		}
+		if ok {
+			now := time.Now().UTC().Truncate(time.Millisecond)
+			r.State, r.FinishedAt = runDone, &now
+			return true, putJSON(ctx, store, runKey(r.Table, r.Run), r)
+		}
+	}
+	chunks, err := listChunks(ctx, store, r.Table, r.Run)
+	if err != nil {
+		return false, err
+	}
+	undone := 0
+	for _, n := range slices.Sorted(maps.Keys(chunks)) {
+		if !chunks[n].writing {
+			continue
+		}
+		var w bfChunkCommit
+		if err := getJSON(ctx, store, chunkKey(r.Table, r.Run, n, "writing"), &w); err != nil {
+			return false, err
+		}
+		for _, k := range w.Keys {
+			if err := store.Delete(ctx, k); err != nil {
+				return false, fmt.Errorf("undo interrupted backfill of %s: delete %s: %w", r.Table, k, err)
+			}
+		}
+		undone++
+	}
+	b.log.Warn("a keyless table's backfill was interrupted; its files are deleted and it starts over in a new snapshot",
+		"table", r.Table, "run", r.Run, "chunks_undone", undone)
+	r.State = runAbandoned
+	return false, putJSON(ctx, store, runKey(r.Table, r.Run), r)
+}
+
+// runAll plans and reads the chunks of every table.
+func (b *backfiller) runAll(ctx context.Context, conn *pgx.Conn) error {
+	g, gctx := errgroup.WithContext(ctx)
+	work := make(chan *bfChunk)
+	g.Go(func() error {
+		defer close(work)
+		for _, t := range b.tables {
+			if t.skipped {
+				continue
+			}
+			var err error
+			if t.keyed() {
+				err = b.planKeyed(gctx, conn, t, work)
+			} else {
+				err = b.planCTID(gctx, conn, t, work)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for i := range b.workers {
+		g.Go(func() error {
+			w := &bfWorker{b: b, id: i}
+			defer w.close()
+			for ch := range work {
+				if err := w.do(gctx, ch); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return err
+	}
+	return nil
+}
+
+// send hands a chunk to the workers.
+func send(ctx context.Context, work chan<- *bfChunk, ch *bfChunk) error {
+	ch.table.mu.Lock()
+	ch.table.planned++
+	ch.table.mu.Unlock()
+	ch.table.chunksTotal.Add(1)
+	select {
+	case work <- ch:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// planKeyed hands out the chunks of a keyed table: first those an earlier
+// process planned and did not finish, then new key ranges after the last
+// planned one.
+func (b *backfiller) planKeyed(ctx context.Context, conn *pgx.Conn, t *bfTable, work chan<- *bfChunk) error {
+	store, run := b.cfg.Store, t.run.Run
+	chunks, err := listChunks(ctx, store, t.name, run)
+	if err != nil {
+		return err
+	}
+	var last *bfChunkPlan
+	numbers := slices.Sorted(maps.Keys(chunks))
+	for _, n := range numbers {
+		cs := chunks[n]
+		if !cs.planned {
+			continue // an intent without a plan cannot happen; ignore it
+		}
+		done := cs.done
+		if !done && cs.writing {
+			if done, err = finishOrUndoChunk(ctx, store, t.name, run, n); err != nil {
+				return err
+			}
+		}
+		var plan bfChunkPlan
+		if !done || n == numbers[len(numbers)-1] {
+			if err := getJSON(ctx, store, chunkKey(t.name, run, n, ""), &plan); err != nil {
+				return err
+			}
+			last = &plan
+		}
+		if done {
+			t.mu.Lock()
+			t.planned++
+			t.finished++
+			t.mu.Unlock()
+			t.chunksTotal.Add(1)
+			t.chunksDone.Add(1)
+			t.resumed.Add(1)
+			continue
+		}
+		if err := send(ctx, work, &bfChunk{table: t, plan: plan}); err != nil {
+			return err
+		}
+	}
+	if r := t.resumed.Load(); r > 0 || len(numbers) > 0 {
+		b.log.Info("resuming: chunks already in the lake are skipped", "table", t.name, "run", run, "chunks_done", r, "chunks_planned", len(numbers))
+	}
+
+	n, lo := 0, []string(nil)
+	if last != nil {
+		n, lo = last.Chunk+1, last.Hi
+	}
+	for last == nil || last.Hi != nil {
+		hi, err := t.nextBound(ctx, conn, lo, b.cfg.ChunkRows)
+		if err != nil {
+			return err
+		}
+		plan := bfChunkPlan{Chunk: n, Lo: lo, Hi: hi}
+		if err := putJSON(ctx, store, chunkKey(t.name, run, n, ""), plan); err != nil {
+			return err
+		}
+		b.failpoint(FailBackfillAfterPlan)
+		if err := send(ctx, work, &bfChunk{table: t, plan: plan}); err != nil {
+			return err
+		}
+		last = &plan
+		n, lo = n+1, hi
+	}
+	return b.planFinished(ctx, t)
+}
+
+// planCTID takes a keyless table's one snapshot and hands out its page
+// ranges. It waits until every chunk has read its rows before it lets go of
+// the snapshot.
+func (b *backfiller) planCTID(ctx context.Context, conn *pgx.Conn, t *bfTable, work chan<- *bfChunk) error {
+	exp, err := backfillConnect(ctx, b.cfg.ConnString, true)
+	if err != nil {
+		return err
+	}
+	t.exporter = exp
+	consistent, name, err := createSnapshotSlot(ctx, exp.PgConn(), fmt.Sprintf("walcake_bf_%s_snap_%d", b.slotTag, t.oid), "export")
+	if err != nil {
+		return fmt.Errorf("backfill %s: %w", t.name, err)
+	}
+	var us, pages int64
+	err = conn.QueryRow(ctx, `SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8,
+		pg_relation_size($1::oid) / current_setting('block_size')::int8`, t.oid).Scan(&us, &pages)
+	if err != nil {
+		return fmt.Errorf("backfill %s: read the table's size: %w", t.name, err)
+	}
+	t.snapLSN, t.snapName, t.snapAt = consistent, name, time.UnixMicro(us).UTC()
+	commit := snapshotLSN(consistent)
+	t.run.SnapshotLSN, t.run.SnapshotAt = consistent.String(), t.snapAt
+	t.run.Manifest = backfillManifestKey(commit, t.name, t.run.Run, -1)
+	if err := putJSON(ctx, b.cfg.Store, runKey(t.name, t.run.Run), t.run); err != nil {
+		return err
+	}
+
+	perPage := int64(100)
+	if t.estRows > 0 && t.relpages > 0 {
+		perPage = max(1, t.estRows/t.relpages)
+	}
+	step := max(1, b.cfg.ChunkRows/perPage)
+	t.readsLeft = make(chan struct{})
+	if t.relkind == 'p' {
+		// A partitioned table has no ctid of its own: one chunk.
+		if err := send(ctx, work, &bfChunk{table: t, plan: bfChunkPlan{Chunk: 0, Whole: true}}); err != nil {
+			return err
+		}
+	} else {
+		for n, from := 0, int64(0); ; n, from = n+1, from+step {
+			plan := bfChunkPlan{Chunk: n, FromPage: &from}
+			if to := from + step; to < pages {
+				plan.ToPage = &to
+			}
+			if err := send(ctx, work, &bfChunk{table: t, plan: plan}); err != nil {
+				return err
+			}
+			if plan.ToPage == nil {
+				break
+			}
+		}
+	}
+	if err := b.planFinished(ctx, t); err != nil {
+		return err
+	}
+	select {
+	case <-t.readsLeft:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	exp.Close(context.Background())
+	t.exporter = nil
+	return nil
+}
+
+// readFinished counts a keyless table's chunk as read; after the last one
+// the snapshot may go.
+func (t *bfTable) readFinished() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.reads++
+	if t.planDone && t.reads == t.planned && !t.readsClosed {
+		t.readsClosed = true
+		close(t.readsLeft)
+	}
+}
+
+func (b *backfiller) planFinished(ctx context.Context, t *bfTable) error {
+	t.mu.Lock()
+	t.planDone = true
+	last := t.finished == t.planned && !t.finalized
+	if last {
+		t.finalized = true
+	}
+	if t.readsLeft != nil && t.reads == t.planned && !t.readsClosed {
+		t.readsClosed = true
+		close(t.readsLeft)
+	}
+	t.mu.Unlock()
+	if last {
+		return b.finalize(ctx, t)
+	}
+	return nil
+}
+
+func (b *backfiller) chunkFinished(ctx context.Context, t *bfTable) error {
+	t.chunksDone.Add(1)
+	t.mu.Lock()
+	t.finished++
+	last := t.planDone && t.finished == t.planned && !t.finalized
+	if last {
+		t.finalized = true
+	}
+	t.mu.Unlock()
+	if last {
+		return b.finalize(ctx, t)
+	}
+	return nil
+}
+
+// commitChunk puts a chunk that was read into the lake: intent, data file,
+// then (key mode) its own manifest, or (ctid mode) nothing more until the
+// table's last chunk.
+func (b *backfiller) commitChunk(ctx context.Context, t *bfTable, ch *bfChunk, rd chunkRead) error {
+	store, run, n := b.cfg.Store, t.run.Run, ch.plan.Chunk
+	rec := bfChunkCommit{
+		Chunk: n, SnapshotLSN: rd.consistent.String(), CommitLSN: rd.commit.String(),
+		SnapshotAt: rd.at, Rows: rd.rows, Bytes: rd.size,
+	}
+	if rd.path != "" {
+		rec.Keys = []string{rd.key}
+		if t.keyed() {
+			rec.Manifest = backfillManifestKey(rd.commit, t.name, run, n)
+		}
+		if err := putJSON(ctx, store, chunkKey(t.name, run, n, "writing"), rec); err != nil {
+			return err
+		}
+		b.failpoint(FailBackfillAfterIntent)
+		if err := uploadBackfillFile(ctx, store, rd.path, rd.key, rd.size); err != nil {
+			return err
+		}
+		b.failpoint(FailBackfillAfterUpload)
+		t.nfiles.Add(1)
+		t.bytes.Add(rd.size)
+	}
+	if !t.keyed() {
+		t.mu.Lock()
+		if rd.path != "" {
+			t.files = append(t.files, rd.mf)
+		}
+		t.rowsAll += rd.rows
+		t.mu.Unlock()
+		return b.chunkFinished(ctx, t)
+	}
+	if rd.path != "" {
+		m := backfillManifest(rd.commit, []ManifestFile{rd.mf})
+		if err := putJSON(ctx, store, rec.Manifest, m); err != nil {
+			return err
+		}
+		b.failpoint(FailBackfillAfterManifest)
+	}
+	if err := putJSON(ctx, store, chunkKey(t.name, run, n, "done"), rec); err != nil {
+		return err
+	}
+	b.failpoint(FailBackfillAfterChunk)
+	t.mu.Lock()
+	t.rowsAll += rd.rows
+	t.mu.Unlock()
+	return b.chunkFinished(ctx, t)
+}
+
+// backfillManifest is the lake commit of R rows at one snapshot. It has no
+// end LSN: the slot is never advanced for it.
+func backfillManifest(commit pglogrepl.LSN, files []ManifestFile) *Manifest {
+	m := &Manifest{
+		Format:         1,
+		CreatedAt:      time.Now().UTC().Truncate(time.Millisecond),
+		FirstCommitLSN: commit.String(),
+		LastCommitLSN:  commit.String(),
+		Rows:           map[string]int64{},
+	}
+	for _, f := range files {
+		m.Rows["R"] += f.Rows
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].Key < files[j].Key })
+	m.Files = files
+	return m
+}
+
+// finalize records a table's run as done, after (ctid mode) the one manifest
+// of all its files.
+func (b *backfiller) finalize(ctx context.Context, t *bfTable) error {
+	store := b.cfg.Store
+	t.mu.Lock()
+	files, rows := slices.Clone(t.files), t.rowsAll
+	t.mu.Unlock()
+	if !t.keyed() && len(files) > 0 {
+		if err := putJSON(ctx, store, t.run.Manifest, backfillManifest(snapshotLSN(t.snapLSN), files)); err != nil {
+			return err
+		}
+		b.failpoint(FailBackfillAfterManifest)
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	t.run.State, t.run.FinishedAt = runDone, &now
+	t.run.Chunks = int(t.chunksTotal.Load())
+	t.run.Rows = rows
+	if err := putJSON(ctx, store, runKey(t.name, t.run.Run), t.run); err != nil {
+		return err
+	}
+	t.ended.Store(time.Now().UnixNano())
+	b.log.Info("backfilled table", "table", t.name, "run", t.run.Run, "rows", rows, "chunks", t.run.Chunks,
+		"chunks_resumed", t.resumed.Load(), "files", t.nfiles.Load(), "bytes", t.bytes.Load(),
+		"seconds", roundSeconds(time.Since(t.started)))
+	return nil
+}
+
+func (b *backfiller) failpoint(name string) {
+	if b.cfg.Failpoint != nil {
+		b.cfg.Failpoint(name)
+	}
+}
+
+func (b *backfiller) noteSnapshot(t *bfTable, commit pglogrepl.LSN) {
+	v := uint64(commit)
+	for {
+		old := t.firstSnap.Load()
+		if old != 0 && old <= v || t.firstSnap.CompareAndSwap(old, v) {
+			break
+		}
+	}
+	for {
+		old := t.lastSnap.Load()
+		if old >= v || t.lastSnap.CompareAndSwap(old, v) {
+			break
+		}
+	}
+}
+
+// stats is a snapshot of every table's figures.
+func (b *backfiller) stats() BackfillStats {
+	st := BackfillStats{Workers: b.workers, Elapsed: time.Since(b.started)}
+	for _, t := range b.tables {
+		s := BackfillTableStats{
+			Table: t.name, EstimatedRows: t.estRows, ChunkRows: b.cfg.ChunkRows,
+			Rows:          t.rows.Load(),
+			ChunksDone:    int(t.chunksDone.Load()),
+			ChunksPlanned: int(t.chunksTotal.Load()),
+			ChunksResumed: int(t.resumed.Load()),
+			Skipped:       t.skipped,
+			Files:         int(t.nfiles.Load()),
+			Bytes:         t.bytes.Load(),
+			FirstSnapshot: pglogrepl.LSN(t.firstSnap.Load()),
+			LastSnapshot:  pglogrepl.LSN(t.lastSnap.Load()),
+		}
+		if t.run != nil {
+			s.Run, s.Mode = t.run.Run, t.run.Mode
+		}
+		t.mu.Lock()
+		s.PlanDone = t.planDone
+		t.mu.Unlock()
+		end := time.Now()
+		if e := t.ended.Load(); e != 0 {
+			s.Done = true
+			end = time.Unix(0, e)
+		}
+		if !t.started.IsZero() {
+			s.Elapsed = end.Sub(t.started)
+		}
+		st.Tables = append(st.Tables, s)
+	}
+	return st
+}
+
+// reportProgress calls the Progress hook periodically until the returned
+// function is called, which reports once more and waits for the reporter.
+func (b *backfiller) reportProgress() func() {
+	if b.cfg.Progress == nil {
+		return func() {}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(b.cfg.ProgressInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				b.cfg.Progress(b.stats())
+			case <-stop:
+				return
+			}
+		}
+	})
+	return func() {
+		close(stop)
+		wg.Wait()
+		b.cfg.Progress(b.stats())
+	}
+}
