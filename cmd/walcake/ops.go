@@ -477,11 +477,17 @@ func (o *ops) finish(c *cli.Context, err error) error {
 			err = ferr
 		}
 	}
+	if err != nil && interrupted && !errors.Is(err, errInterrupted) {
+		// A step that returned its client's "context canceled" rather
+		// than the context's cause: it was the signal all the same.
+		err = fmt.Errorf("%w (%s)", context.Cause(c.Context), firstLine(err.Error()))
+	}
 	if err != nil {
 		o.countError()
 		if batch {
 			o.printFailure(c, err)
 		}
+		err = failure(err)
 	}
 	o.noteRun(err == nil)
 	if o.set.metricsFile != "" {

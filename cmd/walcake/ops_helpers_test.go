@@ -159,11 +159,24 @@ func (p *proc) waitLine(re *regexp.Regexp, limit time.Duration) string {
 	}
 }
 
-func (p *proc) signal(sig syscall.Signal) {
+// signal sends sig unless the process has exited; it reports whether it
+// sent it.
+func (p *proc) signal(sig syscall.Signal) bool {
 	p.t.Helper()
+	select {
+	case <-p.done:
+		return false
+	default:
+	}
 	if err := p.cmd.Process.Signal(sig); err != nil {
+		select {
+		case <-p.done:
+			return false
+		default:
+		}
 		p.t.Fatalf("signal %s: %v", sig, err)
 	}
+	return true
 }
 
 // wait waits for the process to exit, failing the test after limit (a hang,
