@@ -258,6 +258,19 @@ func (s *PostgresServer) Restart(ctx context.Context) error {
 	return nil
 }
 
+// RestartImmediate stops the server the way a crash would (immediate
+// shutdown: no shutdown checkpoint, no waiting for walsenders) and starts it
+// again on the same port; the start runs crash recovery.
+func (s *PostgresServer) RestartImmediate(ctx context.Context) error {
+	out, err := s.command(ctx, filepath.Join(s.BinDir, "pg_ctl"), "restart", "-w", "-m", "immediate",
+		"-t", strconv.Itoa(int(startTimeout/time.Second)), "-D", s.dataDir, "-l", s.logPath).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("testenv: postgres: pg_ctl restart -m immediate: %w\n%s\nserver log (%s):\n%s",
+			err, bytes.TrimSpace(out), s.logPath, s.logTail())
+	}
+	return nil
+}
+
 // Stop shuts the server down (fast shutdown, then immediate if that fails)
 // and removes Dir.
 func (s *PostgresServer) Stop() error {
