@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/wal-cake/wal-cake/spool"
 )
@@ -41,6 +40,11 @@ type Config struct {
 	// status interval with the figures so far (metrics, progress logs). It
 	// must not block.
 	Progress func(Stats)
+	// Protocol is the pgoutput protocol version. 0 picks 2 with streaming
+	// of large in-progress transactions on PostgreSQL 14 and later, and 1
+	// before; 1 forces protocol 1 (a large transaction then spills to disk
+	// on the server until it commits).
+	Protocol int
 }
 
 // Validate checks the configuration and fills in defaults.
@@ -62,6 +66,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxReconnects <= 0 {
 		c.MaxReconnects = 5
+	}
+	if c.Protocol < 0 || c.Protocol > 2 {
+		return fmt.Errorf("pgoutput protocol %d: want 1 or 2 (0 picks)", c.Protocol)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -94,7 +101,7 @@ func Run(ctx context.Context, cfg Config, sp *spool.Spool) (Stats, error) {
 		w.Close()
 		return Stats{}, err
 	}
-	c := &capturer{cfg: cfg, sp: sp, w: w, log: cfg.Logger.With("slot", cfg.Slot)}
+	c := &capturer{cfg: cfg, sp: sp, w: w, log: cfg.Logger.With("slot", cfg.Slot), streams: map[uint32]*streamCounts{}}
 	err = c.run(ctx)
 	if cerr := w.Close(); err == nil {
 		err = cerr
@@ -124,6 +131,13 @@ type capturer struct {
 
 	skipping bool // the current transaction is already in the spool
 	curXid   uint32
+
+	// Protocol 2: the open stream block and the streamed transactions in
+	// progress.
+	inStream  bool
+	streamXid uint32
+	cur       *streamCounts
+	streams   map[uint32]*streamCounts
 }
 
 func (c *capturer) run(ctx context.Context) error {
@@ -182,7 +196,7 @@ func (c *capturer) stream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
+	defer conn.Close(context.Background()) // a no-op once taken over
 
 	if err := c.checkSlot(ctx, conn); err != nil {
 		return err
@@ -195,64 +209,97 @@ func (c *capturer) stream(ctx context.Context) error {
 		c.target = target
 		c.stats.StartLSN = target
 	}
+	proto := c.cfg.Protocol
+	if proto == 0 {
+		proto = 1
+		if serverMajor(conn.ParameterStatus("server_version")) >= 14 {
+			proto = 2
+		}
+	}
 	start := c.w.Held().EndLSN
-	args := []string{"proto_version '1'", publicationNamesArg(c.cfg.Publication)}
-	if err := pglogrepl.StartReplication(ctx, conn, c.cfg.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+	args := []string{fmt.Sprintf("proto_version '%d'", proto), publicationNamesArg(c.cfg.Publication)}
+	if proto >= 2 {
+		// Large transactions stream into the spool as they happen instead
+		// of spilling to disk on the server until they commit.
+		args = append(args, "streaming 'on'")
+	}
+	rs, err := startReplication(ctx, conn, c.cfg.Slot, start, args)
+	if err != nil {
 		return fmt.Errorf("start replication on slot %s: %w", c.cfg.Slot, err)
 	}
-	c.log.Info("streaming", "from", start.String(), "target", c.target.String(), "follow", c.cfg.Follow)
+	defer rs.close()
+	stop := context.AfterFunc(ctx, rs.interrupt)
+	defer stop()
+	c.inStream = false
+	c.log.Info("streaming", "from", start.String(), "target", c.target.String(), "follow", c.cfg.Follow, "protocol", proto)
 
 	nextStatus := time.Now().Add(c.cfg.StatusInterval)
 	askedServer := false
-	for {
-		if time.Now().After(nextStatus) {
-			if err := c.sendStatus(ctx, conn, false); err != nil {
+	wait := tailWait
+	for n := 1; ; n++ {
+		typ, body, err := rs.next(wait)
+		if err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			if !isTimeout(err) {
+				return fmt.Errorf("receive: %w", err)
+			}
+			now := time.Now()
+			if !now.Before(nextStatus) {
+				if err := c.sendStatus(rs, false); err != nil {
+					return err
+				}
+				nextStatus = now.Add(c.cfg.StatusInterval)
+				if c.cfg.Progress != nil {
+					c.cfg.Progress(c.stats)
+				}
+			}
+			if now.Sub(rs.lastData()) < c.cfg.IdleWait {
+				wait = tailWait // data flowed a moment ago: take the tail soon
+				continue
+			}
+			// Idle: make what we hold durable, seal when due, and ask the
+			// server for its position so a batch run can end.
+			if err := c.idle(); err != nil {
+				return err
+			}
+			if !askedServer || !c.cfg.Follow {
+				if err := c.sendStatus(rs, true); err != nil {
+					return err
+				}
+				askedServer = true
+			}
+			rs.idle()
+			wait = max(min(c.cfg.IdleWait, time.Until(nextStatus)), tailWait)
+			continue
+		}
+		wait = tailWait
+		switch typ {
+		case 'd': // CopyData
+			done, err := c.handleCopyData(rs, body)
+			if err != nil {
+				return err
+			}
+			if done {
+				c.caughtUp = true
+				return c.sendStatus(rs, false)
+			}
+		case 'E':
+			return pgError(body)
+		case 'c':
+			return errors.New("server ended the replication stream")
+		default:
+			// NoticeResponse, ParameterStatus: nothing to do.
+		}
+		if n%1024 == 0 && time.Now().After(nextStatus) {
+			if err := c.sendStatus(rs, false); err != nil {
 				return err
 			}
 			nextStatus = time.Now().Add(c.cfg.StatusInterval)
 			if c.cfg.Progress != nil {
 				c.cfg.Progress(c.stats)
 			}
-		}
-		recvCtx, cancel := context.WithTimeout(ctx, min(c.cfg.IdleWait, time.Until(nextStatus)))
-		raw, err := conn.ReceiveMessage(recvCtx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return context.Cause(ctx)
-			}
-			if pgconn.Timeout(err) {
-				// Idle: make what we hold durable, seal when due, and ask
-				// the server for its position so a batch run can end.
-				if err := c.idle(); err != nil {
-					return err
-				}
-				if !askedServer || !c.cfg.Follow {
-					if err := c.sendStatus(ctx, conn, true); err != nil {
-						return err
-					}
-					askedServer = true
-				}
-				continue
-			}
-			return fmt.Errorf("receive: %w", err)
-		}
-		switch msg := raw.(type) {
-		case *pgproto3.ErrorResponse:
-			return pgconn.ErrorResponseToPgError(msg)
-		case *pgproto3.CopyData:
-			done, err := c.handleCopyData(ctx, conn, msg.Data)
-			if err != nil {
-				return err
-			}
-			if done {
-				c.caughtUp = true
-				return c.sendStatus(ctx, conn, false)
-			}
-		case *pgproto3.CopyDone:
-			return errors.New("server ended the replication stream")
-		default:
-			// NoticeResponse, ParameterStatus: nothing to do.
 		}
 	}
 }
@@ -268,32 +315,31 @@ func (c *capturer) idle() error {
 	return nil
 }
 
-func (c *capturer) handleCopyData(ctx context.Context, conn *pgconn.PgConn, data []byte) (done bool, err error) {
+func (c *capturer) handleCopyData(rs *replStream, data []byte) (done bool, err error) {
 	if len(data) == 0 {
 		return false, nil
 	}
 	switch data[0] {
-	case pglogrepl.PrimaryKeepaliveMessageByteID:
-		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
-		if err != nil {
-			return false, fmt.Errorf("parse keepalive: %w", err)
+	case pglogrepl.XLogDataByteID:
+		if len(data) < 25 {
+			return false, fmt.Errorf("short XLogData message (%d bytes)", len(data))
 		}
-		c.noteServerPos(ka.ServerWALEnd)
-		if ka.ReplyRequested {
-			if err := c.sendStatus(ctx, conn, false); err != nil {
+		lsn := pglogrepl.LSN(binary.BigEndian.Uint64(data[1:9]))
+		if lsn > c.received {
+			c.received = lsn
+		}
+		return c.handleMessage(lsn, data[25:])
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		if len(data) < 18 {
+			return false, fmt.Errorf("short keepalive message (%d bytes)", len(data))
+		}
+		c.noteServerPos(pglogrepl.LSN(binary.BigEndian.Uint64(data[1:9])))
+		if data[17] != 0 {
+			if err := c.sendStatus(rs, false); err != nil {
 				return false, err
 			}
 		}
 		return !c.cfg.Follow && !c.w.InTxn() && c.serverPos >= c.target, nil
-	case pglogrepl.XLogDataByteID:
-		xld, err := pglogrepl.ParseXLogData(data[1:])
-		if err != nil {
-			return false, fmt.Errorf("parse XLogData: %w", err)
-		}
-		if xld.WALStart > c.received {
-			c.received = xld.WALStart
-		}
-		return c.handleMessage(xld.WALStart, xld.WALData)
 	}
 	return false, nil
 }
@@ -308,12 +354,18 @@ func (c *capturer) noteServerPos(pos pglogrepl.LSN) {
 }
 
 // handleMessage stores one pgoutput message. It reports done once a commit
-// reaches the target position.
+// reaches the target position. Changes are stored raw, undecoded.
 func (c *capturer) handleMessage(lsn pglogrepl.LSN, msg []byte) (done bool, err error) {
 	if len(msg) == 0 {
 		return false, nil
 	}
+	if c.inStream {
+		return false, c.handleStreamed(lsn, msg)
+	}
 	switch pglogrepl.MessageType(msg[0]) {
+	case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete, pglogrepl.MessageTypeTruncate:
+		return false, c.appendMsg(lsn, msg, true)
+
 	case pglogrepl.MessageTypeBegin:
 		var b pglogrepl.BeginMessage
 		if err := b.Decode(msg[1:]); err != nil {
@@ -360,15 +412,99 @@ func (c *capturer) handleMessage(lsn pglogrepl.LSN, msg []byte) (done bool, err 
 	case pglogrepl.MessageTypeType:
 		return false, c.appendMsg(lsn, msg, false)
 
-	case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete, pglogrepl.MessageTypeTruncate:
-		return false, c.appendMsg(lsn, msg, true)
-
 	case pglogrepl.MessageTypeOrigin, pglogrepl.MessageTypeMessage:
 		// Replication origins and logical decoding messages (heartbeats)
 		// carry no table change.
 		return false, nil
+
+	case pglogrepl.MessageTypeStreamStart:
+		if len(msg) < 6 {
+			return false, fmt.Errorf("short stream start message at %s", lsn)
+		}
+		xid := binary.BigEndian.Uint32(msg[1:5])
+		if err := c.w.StreamStart(xid, msg[5] == 1); err != nil {
+			return false, err
+		}
+		c.inStream, c.streamXid = true, xid
+		if msg[5] == 1 || c.streams[xid] == nil {
+			c.streams[xid] = &streamCounts{}
+		}
+		c.cur = c.streams[xid]
+		return false, nil
+
+	case pglogrepl.MessageTypeStreamCommit:
+		var sc pglogrepl.StreamCommitMessageV2
+		if err := sc.DecodeV2(msg[1:], false); err != nil {
+			return false, fmt.Errorf("decode stream commit at %s: %w", lsn, err)
+		}
+		counts := c.streams[sc.Xid]
+		delete(c.streams, sc.Xid)
+		if held := c.w.Held(); held.CommitLSN != 0 && sc.CommitLSN <= held.CommitLSN {
+			c.stats.Skipped++
+			if err := c.w.StreamAbort(sc.Xid, sc.Xid); err != nil {
+				return false, err
+			}
+		} else {
+			if err := c.w.StreamCommit(sc.Xid, sc.CommitLSN, sc.TransactionEndLSN, sc.CommitTime); err != nil {
+				return false, err
+			}
+			c.stats.Txns++
+			if counts != nil {
+				c.stats.Changes += counts.changes
+				c.stats.Bytes += counts.bytes
+			}
+		}
+		c.noteServerPos(sc.TransactionEndLSN)
+		return !c.cfg.Follow && sc.TransactionEndLSN >= c.target, nil
+
+	case pglogrepl.MessageTypeStreamAbort:
+		if len(msg) < 9 {
+			return false, fmt.Errorf("short stream abort message at %s", lsn)
+		}
+		xid, subxid := binary.BigEndian.Uint32(msg[1:5]), binary.BigEndian.Uint32(msg[5:9])
+		if subxid == xid {
+			delete(c.streams, xid)
+		}
+		return false, c.w.StreamAbort(xid, subxid)
 	}
 	return false, fmt.Errorf("unexpected pgoutput message %q at %s", msg[0], lsn)
+}
+
+// streamCounts are the figures of a streamed transaction, added to the
+// run's when it commits.
+type streamCounts struct {
+	changes, bytes int64
+}
+
+// handleStreamed stores one message of an open stream block (protocol 2).
+// Its messages carry the (sub)transaction's xid after the type byte; they
+// are stored in the protocol 1 layout, the xid kept beside them so that a
+// rolled-back subtransaction's changes can be skipped.
+func (c *capturer) handleStreamed(lsn pglogrepl.LSN, msg []byte) error {
+	typ := pglogrepl.MessageType(msg[0])
+	switch typ {
+	case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete, pglogrepl.MessageTypeTruncate:
+		if len(msg) < 5 {
+			return fmt.Errorf("short streamed %q message at %s", msg[0], lsn)
+		}
+		c.cur.changes++
+		c.cur.bytes += int64(len(msg) - 4)
+		return c.w.StreamAppend(binary.BigEndian.Uint32(msg[1:5]), lsn, msg[0], msg[5:])
+	case pglogrepl.MessageTypeRelation, pglogrepl.MessageTypeType:
+		if len(msg) < 5 {
+			return fmt.Errorf("short streamed %q message at %s", msg[0], lsn)
+		}
+		// Kept whatever subtransaction sent it: the server does not send a
+		// relation twice in one streamed transaction.
+		c.cur.bytes += int64(len(msg) - 4)
+		return c.w.StreamAppend(c.streamXid, lsn, msg[0], msg[5:])
+	case pglogrepl.MessageTypeStreamStop:
+		c.inStream, c.cur = false, nil
+		return c.w.StreamStop()
+	case pglogrepl.MessageTypeMessage:
+		return nil
+	}
+	return fmt.Errorf("unexpected pgoutput message %q at %s inside the stream of transaction %d", msg[0], lsn, c.streamXid)
 }
 
 func (c *capturer) appendMsg(lsn pglogrepl.LSN, msg []byte, change bool) error {
@@ -408,20 +544,13 @@ func (c *capturer) feedback() (pglogrepl.LSN, error) {
 	return pos, nil
 }
 
-func (c *capturer) sendStatus(ctx context.Context, conn *pgconn.PgConn, replyRequested bool) error {
+func (c *capturer) sendStatus(rs *replStream, replyRequested bool) error {
 	flush, err := c.feedback()
 	if err != nil {
 		return err
 	}
 	write := max(c.received, flush)
-	err = pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: write,
-		WALFlushPosition: flush,
-		WALApplyPosition: flush,
-		ClientTime:       time.Now(),
-		ReplyRequested:   replyRequested,
-	})
-	if err != nil {
+	if err := rs.sendStatus(write, flush, flush, time.Now(), replyRequested); err != nil {
 		return fmt.Errorf("send status update: %w", err)
 	}
 	return nil

@@ -33,7 +33,8 @@ type Options struct {
 	// has been open this long. Default 1 minute.
 	SegmentMaxAge time.Duration
 	// GroupBytes is how many bytes of messages are buffered before they are
-	// written in one bbolt transaction (one fsync). Default 4 MiB.
+	// written in one bbolt transaction (one fsync), in the background while
+	// the next group fills. Default 4 MiB.
 	GroupBytes int
 	// BeforeWrite, when set, runs before each group is written; an error it
 	// returns fails the write as a disk error would. It is the seam through
@@ -129,10 +130,25 @@ func (s *Spool) openSegments() ([]string, error) {
 	return matches, nil
 }
 
-// HasOpenSegments reports whether a segment is still open: capture is running,
-// or crashed and left one for the next capture to recover.
-func (s *Spool) HasOpenSegments() (bool, error) {
+// unsealed lists the paths of open segments and of streamed transactions in
+// progress.
+func (s *Spool) unsealed() ([]string, error) {
 	open, err := s.openSegments()
+	if err != nil {
+		return nil, err
+	}
+	streams, err := filepath.Glob(filepath.Join(s.dir, "*"+streamExt))
+	if err != nil {
+		return nil, fmt.Errorf("spool: list streams: %w", err)
+	}
+	return append(open, streams...), nil
+}
+
+// HasOpenSegments reports whether a segment or a streamed transaction is
+// still open: capture is running, or crashed and left one for the next
+// capture to recover.
+func (s *Spool) HasOpenSegments() (bool, error) {
+	open, err := s.unsealed()
 	return len(open) > 0, err
 }
 
@@ -307,7 +323,7 @@ func (l *Lock) Unlock() error {
 // Stats summarises the spool for `walcake status`.
 type Stats struct {
 	Sealed     int
-	Open       int
+	Open       int // open segments and streamed transactions in progress
 	Bytes      int64
 	FirstLSN   pglogrepl.LSN // first commit LSN among sealed segments
 	LastLSN    pglogrepl.LSN // last commit LSN among sealed segments
@@ -333,7 +349,7 @@ func (s *Spool) Stat() (Stats, error) {
 		}
 		st.LastLSN = seg.LastLSN
 	}
-	open, err := s.openSegments()
+	open, err := s.unsealed()
 	if err != nil {
 		return st, err
 	}
