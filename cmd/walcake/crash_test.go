@@ -102,9 +102,14 @@ func TestCrashRandomized(t *testing.T) {
 	if cfg.verifyEvery > 0 {
 		next = min(cfg.verifyEvery, cfg.kills)
 	}
+	progress := 100
 	for {
 		for ch.kills < next && !t.Failed() {
 			ch.step()
+			if ch.kills >= progress {
+				t.Logf("crash test: %d kills, %d actions, %d changes so far, %s", ch.kills, ch.actions, wl.changesSoFar(), time.Since(started).Round(time.Second))
+				progress += 100
+			}
 		}
 		if t.Failed() {
 			ch.dumpLog()
@@ -153,6 +158,7 @@ type workload struct {
 	forbidden  map[int64]bool // versions written by rolled-back changes
 	committed  int
 	rolledBack int
+	logged     int // sum of want, under mu
 
 	mu      sync.Mutex
 	paused  bool
@@ -314,6 +320,13 @@ func (w *workload) stop() {
 	}
 }
 
+// changesSoFar is changes, safe to call while the workload runs.
+func (w *workload) changesSoFar() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.logged
+}
+
 // changes is how many lake rows the log expects.
 func (w *workload) changes() int {
 	n := 0
@@ -431,11 +444,16 @@ func (w *workload) txn(ctx context.Context) error {
 }
 
 func (w *workload) record(ps ...*txnPlan) {
+	n := 0
 	for _, p := range ps {
 		for _, id := range p.want {
 			w.want[id]++
+			n++
 		}
 	}
+	w.mu.Lock()
+	w.logged += n
+	w.mu.Unlock()
 }
 
 func (w *workload) forbid(p *txnPlan) {
@@ -552,6 +570,9 @@ func (w *workload) bigTxn(ctx context.Context) error {
 	for i := range int64(n) {
 		w.want[fmt.Sprintf("d|I|%d", v0+i)]++
 	}
+	w.mu.Lock()
+	w.logged += n
+	w.mu.Unlock()
 	w.committed++
 	w.t.Logf("workload: large transaction of %d rows after %d transactions", n, w.bigAt)
 	return nil
@@ -702,6 +723,7 @@ func (c *chaos) runOne(p plan, faulty bool) {
 		var ok bool
 		if r, ok = proc.waitFor(p.killAfter); !ok {
 			r = proc.kill()
+			c.checkNoPanic(p.cmd, r)
 			c.kills++
 			c.signalKills++
 			c.logf("%s killed after %s (s3 faults %v)", p.cmd, p.killAfter, p.s3.Faults)
@@ -716,6 +738,13 @@ func (c *chaos) runOne(p plan, faulty bool) {
 		}
 	}
 	c.outcome(p, r, faulty)
+}
+
+// checkNoPanic fails the test when a killed process had panicked before.
+func (c *chaos) checkNoPanic(cmd string, r result) {
+	if strings.Contains(r.stderr, "panic:") {
+		c.t.Errorf("walcake %s panicked before it was killed:\n%s", cmd, r.stderr)
+	}
 }
 
 // outcome accounts for a process that ended by itself.
@@ -760,7 +789,7 @@ func (c *chaos) follow(p plan) {
 		c.outcome(plan{cmd: "capture --follow"}, r, len(p.s3.Faults) > 0)
 		return
 	}
-	capture.kill()
+	c.checkNoPanic("capture --follow", capture.kill())
 	c.kills++
 	c.signalKills++
 	c.logf("capture --follow killed after %s, %d compactions beside it", time.Since(started).Round(time.Millisecond), len(p.compacts))
