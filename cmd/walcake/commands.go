@@ -23,6 +23,8 @@ func setupCommand() *cli.Command {
 			&cli.BoolFlag{Name: "via-partition-root", EnvVars: []string{"WALCAKE_VIA_PARTITION_ROOT"},
 				Usage: "publish a partitioned table's changes as the partitioned table (one lake table) rather than per partition " +
 					"(publish_via_partition_root; when not given, an existing publication keeps its setting)"},
+			&cli.BoolFlag{Name: "backfill", Usage: "then backfill the tables (those of --tables, else all published) as walcake backfill does; " +
+				"settings from " + envBackfillParallel + " and " + envBackfillChunkRows + " (backfill.go)"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
@@ -52,6 +54,13 @@ func setupCommand() *cli.Command {
 			fmt.Fprintf(c.App.Writer, "setup: publication %s (%s), slot %s (%s) at %s, %d warning(s)\n",
 				c.String("publication"), createdOr(res.CreatedPublication, "exists"),
 				c.String("slot"), createdOr(res.CreatedSlot, "exists"), res.SlotLSN, len(res.Warnings))
+			if c.Bool("backfill") { // after the slot exists (backfill.go)
+				bs, err := backfillSettingsFromEnv()
+				if err != nil {
+					return err
+				}
+				return runBackfill(c, tables, bs)
+			}
 			return nil
 		},
 	}

@@ -132,7 +132,7 @@ var errInterrupted = errors.New("interrupted")
 
 // newAppWith is the walcake CLI writing through rt.
 func newAppWith(rt *runtime) *cli.App {
-	commands := []*cli.Command{setupCommand(), captureCommand(), compactCommand(), runCommand(), statusCommand()}
+	commands := []*cli.Command{setupCommand(), captureCommand(), compactCommand(), runCommand(), statusCommand(), backfillCommand()}
 	for _, cmd := range commands {
 		withOps(rt, cmd)
 	}
