@@ -447,6 +447,12 @@ func (s *S3) Check(ctx context.Context) error {
 			Prefix:  aws.String(s.prefix),
 			MaxKeys: aws.Int32(1),
 		}, fewerAttempts)
+		if perr == nil && status == http.StatusForbidden {
+			// A least-privilege policy grants s3:ListBucket only with an
+			// s3:prefix condition, which HeadBucket cannot meet: the bucket
+			// exists and our prefix is readable, which is what we check.
+			return nil
+		}
 		if apiCode(perr) != "" && httpStatus(perr) != 0 {
 			err = perr
 		}

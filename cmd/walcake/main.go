@@ -33,7 +33,7 @@ var (
 )
 
 func main() {
-	rt := newRuntime(os.Stdout, os.Stderr)
+	rt := newProcessIO(os.Stdout, os.Stderr)
 	app := newAppWith(rt)
 	ctx, stop := signalContext(rt)
 	defer stop()
@@ -74,22 +74,22 @@ func oneLine(msg string) string {
 // before they send SIGKILL.
 const defaultShutdownTimeout = 20 * time.Second
 
-// runtime is what main and the commands share: outputs that redact secrets,
+// processIO is what main and the commands share: outputs that redact secrets,
 // and the shutdown bound the flags set.
-type runtime struct {
+type processIO struct {
 	secrets         *secrets
 	stdout, stderr  *redactor
 	shutdownTimeout atomic.Int64 // nanoseconds; 0: wait for the command
 }
 
-func newRuntime(stdout, stderr io.Writer) *runtime {
+func newProcessIO(stdout, stderr io.Writer) *processIO {
 	s := &secrets{}
-	rt := &runtime{secrets: s, stdout: &redactor{w: stdout, secrets: s}, stderr: &redactor{w: stderr, secrets: s}}
+	rt := &processIO{secrets: s, stdout: &redactor{w: stdout, secrets: s}, stderr: &redactor{w: stderr, secrets: s}}
 	rt.shutdownTimeout.Store(int64(defaultShutdownTimeout))
 	return rt
 }
 
-func (rt *runtime) setShutdownTimeout(d time.Duration) {
+func (rt *processIO) setShutdownTimeout(d time.Duration) {
 	if d >= 0 {
 		rt.shutdownTimeout.Store(int64(d))
 	}
@@ -100,7 +100,7 @@ func (rt *runtime) setShutdownTimeout(d time.Duration) {
 // second signal, exits at once. Exiting at any moment loses nothing: the
 // slot keeps whatever the lake does not hold, and the spool and the lake
 // recover from a stop at any step, as from SIGKILL.
-func signalContext(rt *runtime) (context.Context, context.CancelFunc) {
+func signalContext(rt *processIO) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	ch := make(chan os.Signal, 2)
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
@@ -131,7 +131,7 @@ func signalContext(rt *runtime) (context.Context, context.CancelFunc) {
 var errInterrupted = errors.New("interrupted")
 
 // newAppWith is the walcake CLI writing through rt.
-func newAppWith(rt *runtime) *cli.App {
+func newAppWith(rt *processIO) *cli.App {
 	commands := []*cli.Command{setupCommand(), captureCommand(), compactCommand(), runCommand(), statusCommand(), backfillCommand()}
 	for _, cmd := range commands {
 		withOps(rt, cmd)

@@ -107,7 +107,7 @@ type opsKey struct{}
 type ops struct {
 	cmd     string
 	started time.Time
-	rt      *runtime
+	rt      *processIO
 	set     opsSettings
 	log     *slog.Logger
 	metrics *metrics
@@ -131,9 +131,19 @@ type ops struct {
 // withOps wraps a command's action: it builds the command's ops before the
 // action runs and finishes them (slot re-check, failure summary, metrics
 // file) after.
-func withOps(rt *runtime, cmd *cli.Command) {
+func withOps(rt *processIO, cmd *cli.Command) {
 	if cmd.Name != "setup" {
-		cmd.Flags = append(cmd.Flags, opsFlags(cmd.Name)...)
+		have := map[string]bool{}
+		for _, f := range cmd.Flags {
+			for _, n := range f.Names() {
+				have[n] = true
+			}
+		}
+		for _, f := range opsFlags(cmd.Name) {
+			if !have[f.Names()[0]] { // a command's own flag of the same name wins
+				cmd.Flags = append(cmd.Flags, f)
+			}
+		}
 	}
 	action := cmd.Action
 	if action == nil {
@@ -157,7 +167,7 @@ func opsFrom(c *cli.Context) *ops {
 	return o
 }
 
-func newOps(c *cli.Context, rt *runtime, command string) (*ops, error) {
+func newOps(c *cli.Context, rt *processIO, command string) (*ops, error) {
 	rt.secrets.add(connSecrets(c.String("pg-conn-string"))...)
 	rt.secrets.add(c.String("aws-secret-access-key"), c.String("aws-session-token"), c.String("aws-access-key-id"))
 	rt.setShutdownTimeout(c.Duration("shutdown-timeout"))
