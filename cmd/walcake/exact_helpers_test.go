@@ -167,7 +167,7 @@ func multiset(t *testing.T, ddb *sql.DB, lake, table, cols string) []string {
 func (e *exactEnv) pgMultiset(table, cols string) []string {
 	e.t.Helper()
 	var out []string
-	for _, r := range e.pgQuery(fmt.Sprintf(`SELECT concat_ws('|', %s) AS r, count(*) FROM %s GROUP BY r ORDER BY r COLLATE "C"`, cols, table)) {
+	for _, r := range e.pgQuery(fmt.Sprintf(`SELECT r, n FROM (SELECT concat_ws('|', %s) AS r, count(*) AS n FROM %s GROUP BY 1) s ORDER BY r COLLATE "C"`, cols, table)) {
 		out = append(out, fmt.Sprintf("%v|%v", r[0], r[1]))
 	}
 	return out
