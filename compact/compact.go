@@ -440,7 +440,7 @@ func (c *committer) assignVersion(ctx context.Context, ts *tableSchema, commitLS
 		c.schemas[ts.Table] = h
 		return nil
 	}
-	ts.Version = lsnHex(commitLSN)
+	ts.Version = c.newVersionName(ts.Table, commitLSN) // [issue 4] two versions in one transaction
 	c.schemas[ts.Table] = schemaHead{fingerprint: ts.fingerprint, version: ts.Version}
 	c.newSchemas = append(c.newSchemas, ts.doc(commitLSN))
 	return nil

@@ -222,3 +222,22 @@ func newTableSchema(ctx context.Context, cat *catalog, rel *pglogrepl.RelationMe
 	ts.fingerprint = ts.doc(0).fingerprint()
 	return ts, nil
 }
+
+// newVersionName names a new schema version of table first written by the
+// transaction that commits at commit: the commit LSN in fixed-width hex, so
+// that versions sort like the stream. A second version in the same
+// transaction (DDL between two changes of the table) takes the next LSN up,
+// and so on: no other transaction commits there, a commit record being
+// longer than a byte.
+func (c *committer) newVersionName(table string, commit pglogrepl.LSN) string {
+	for {
+		v, taken := lsnHex(commit), false
+		for _, d := range c.newSchemas {
+			taken = taken || (d.Table == table && d.Version == v)
+		}
+		if !taken {
+			return v
+		}
+		commit++
+	}
+}
