@@ -163,6 +163,7 @@ func (w *bfWorker) do(ctx context.Context, ch *bfChunk) error {
 // file and ends the snapshot.
 func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err error) {
 	t := ch.table
+	started := time.Now()
 	if w.conn == nil {
 		if w.conn, err = backfillConnect(ctx, w.b.cfg.ConnString, true); err != nil {
 			return rd, err
@@ -192,6 +193,7 @@ func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err err
 	}
 	rd.commit = snapshotLSN(rd.consistent)
 	w.b.noteSnapshot(t, rd.commit)
+	snapped := time.Now()
 
 	ts, err := w.schema(ctx, t)
 	if err != nil {
@@ -232,6 +234,7 @@ func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err err
 	if err != nil {
 		return rd, fmt.Errorf("copy rows: %w", err)
 	}
+	copied := time.Now()
 	if tag.RowsAffected() != rw.n {
 		return rd, fmt.Errorf("copy rows: the server sent %d rows, %d arrived", tag.RowsAffected(), rw.n)
 	}
@@ -255,6 +258,9 @@ func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err err
 	if err != nil {
 		return rd, err
 	}
+	w.b.log.Debug("chunk read", "table", t.name, "chunk", ch.plan.Chunk, "rows", rd.rows, "snapshot_lsn", rd.consistent.String(),
+		"snapshot_s", roundSeconds(snapped.Sub(started)), "copy_s", roundSeconds(copied.Sub(snapped)),
+		"finish_s", roundSeconds(time.Since(copied)))
 	rd.key = fw.key()
 	rd.mf = ManifestFile{
 		Key: rd.key, Table: t.name, SchemaVersion: ts.Version, Rows: rd.rows, Bytes: rd.size,

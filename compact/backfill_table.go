@@ -336,7 +336,8 @@ func (t *bfTable) chunkWhere(p *bfChunkPlan) string {
 }
 
 // nextBound finds the upper bound of the chunk after lo: the key of the
-// chunkRows-th row above lo, or nil when fewer rows remain (the last chunk).
+// chunkRows-th row above lo, or nil when no row is left after that one (the
+// chunk is the last and takes the rest of the key space).
 func (t *bfTable) nextBound(ctx context.Context, conn *pgx.Conn, lo []string, chunkRows int64) ([]string, error) {
 	// Columns are qualified: in ORDER BY a bare name would be the text
 	// output column of the same name, which sorts differently.
@@ -354,23 +355,35 @@ func (t *bfTable) nextBound(ctx context.Context, conn *pgx.Conn, lo []string, ch
 		}
 		where = " WHERE (" + strings.Join(cols, ", ") + ") > (" + strings.Join(params, ", ") + ")"
 	}
-	q := fmt.Sprintf("SELECT %s::text FROM %s AS t%s ORDER BY %s OFFSET %d LIMIT 1",
+	// Two rows: the bound, and whether anything follows it.
+	q := fmt.Sprintf("SELECT %s::text FROM %s AS t%s ORDER BY %s OFFSET %d LIMIT 2",
 		strings.Join(cols, "::text, "), t.from(), where, strings.Join(cols, ", "), chunkRows-1)
 	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("plan chunks of %s: %w", t.name, err)
 	}
 	defer rows.Close()
-	if !rows.Next() {
-		return nil, rows.Err()
+	var bound []string
+	n := 0
+	for rows.Next() {
+		n++
+		if n > 1 {
+			continue
+		}
+		bound = make([]string, len(t.keys))
+		ptrs := make([]any, len(bound))
+		for i := range bound {
+			ptrs[i] = &bound[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, fmt.Errorf("plan chunks of %s: %w", t.name, err)
+		}
 	}
-	vals := make([]string, len(t.keys))
-	ptrs := make([]any, len(vals))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	if err := rows.Scan(ptrs...); err != nil {
+	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("plan chunks of %s: %w", t.name, err)
 	}
-	return vals, rows.Err()
+	if n < 2 {
+		return nil, nil
+	}
+	return bound, nil
 }

@@ -1,6 +1,7 @@
 package compact
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -13,6 +14,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
 
 	"github.com/wal-cake/wal-cake/scripts/testenv"
 	"github.com/wal-cake/wal-cake/scripts/testenv/duck"
@@ -405,3 +409,56 @@ func TestBackfillRefusals(t *testing.T) {
 }
 
 var _ io.Writer = (*copyDecoder)(nil)
+
+// BenchmarkBackfillRows measures the client side of a chunk: COPY text rows
+// of a pgbench_accounts-like table decoded, converted and written as ZSTD
+// Parquet to a local file (no server).
+func BenchmarkBackfillRows(b *testing.B) {
+	rel := &pglogrepl.RelationMessage{RelationID: 1, Namespace: "public", RelationName: "pgbench_accounts", ReplicaIdentity: 'd',
+		Columns: []*pglogrepl.RelationMessageColumn{
+			{Flags: 1, Name: "aid", DataType: 23, TypeModifier: -1},
+			{Name: "bid", DataType: 23, TypeModifier: -1},
+			{Name: "abalance", DataType: 23, TypeModifier: -1},
+			{Name: "filler", DataType: 1042, TypeModifier: 88},
+		}}
+	ts, err := newTableSchema(context.Background(), newCatalog(nil), rel)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ts.Version = "0000000000000001"
+	const rows = 100_000
+	var text []byte
+	filler := strings.Repeat(" ", 84)
+	for i := 1; i <= rows; i++ {
+		text = fmt.Appendf(text, "%d\t%d\t0\t%s\n", i, (i-1)/100000+1, filler)
+	}
+	dir := b.TempDir()
+	b.ResetTimer()
+	for range b.N {
+		w := &bfWorker{}
+		t := &bfTable{}
+		fw, err := newFileWriter(dir, ts, time.Now(), 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rw := w.rowWriter(t, ts, fw, chunkRead{commit: 7, consistent: 8, at: time.Now()}, 1)
+		dec := newCopyDecoder(len(ts.Columns), rw.row)
+		for p := text; len(p) > 0; {
+			i := bytes.IndexByte(p, '\n') + 1
+			if _, err := dec.Write(p[:i]); err != nil {
+				b.Fatal(err)
+			}
+			p = p[i:]
+		}
+		if err := rw.flush(); err != nil {
+			b.Fatal(err)
+		}
+		path, _, err := fw.finish()
+		if err != nil {
+			b.Fatal(err)
+		}
+		os.Remove(path)
+	}
+	b.ReportMetric(float64(b.N*rows)/b.Elapsed().Seconds(), "rows/s")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/row")
+}

@@ -1,0 +1,160 @@
+// Command bench-backfill measures walcake backfill against PostgreSQL's own
+// COPY ... TO STDOUT on the same table in the same run: it starts a
+// throwaway PostgreSQL, loads a pgbench_accounts-like table (aid int primary
+// key, bid int, abalance int, filler char(84)), then alternates a COPY of the
+// whole table into io.Discard with a backfill of it into a local lake of
+// ZSTD Parquet, and prints the rows/s of each, their medians and the ratio.
+//
+//	go run ./scripts/bench-backfill [-rows 1000000] [-pairs 3] [-parallel 2] [-chunk-rows 250000]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/wal-cake/wal-cake/compact"
+	"github.com/wal-cake/wal-cake/scripts/testenv"
+	"github.com/wal-cake/wal-cake/upload"
+)
+
+func main() {
+	rows := flag.Int("rows", 1_000_000, "rows of the table")
+	pairs := flag.Int("pairs", 3, "alternating COPY / backfill pairs")
+	parallel := flag.Int("parallel", 2, "backfill --parallel")
+	chunkRows := flag.Int64("chunk-rows", 250_000, "backfill --chunk-rows")
+	verbose := flag.Bool("v", false, "log the backfill's steps (debug level) to stderr")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the backfills to this file")
+	flag.Parse()
+	if *verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench-backfill:", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		profile = f
+	}
+	if err := run(context.Background(), *rows, *pairs, *parallel, *chunkRows); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-backfill:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error {
+	srv, err := testenv.StartPostgres(ctx, testenv.PostgresOptions{})
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	url := srv.URL("postgres")
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	fmt.Printf("machine: %d CPUs, %s; PostgreSQL %s\n", runtime.NumCPU(), runtime.Version(), conn.PgConn().ParameterStatus("server_version"))
+	started := time.Now()
+	for _, sql := range []string{
+		"CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84)) WITH (fillfactor = 100)",
+		fmt.Sprintf("INSERT INTO pgbench_accounts SELECT g, (g - 1) / 100000 + 1, 0, '' FROM generate_series(1, %d) g", rows),
+		"VACUUM ANALYZE pgbench_accounts",
+		"CREATE PUBLICATION bench FOR TABLE pgbench_accounts",
+		"SELECT pg_create_logical_replication_slot('bench', 'pgoutput')",
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("%s: %w", sql, err)
+		}
+	}
+	fmt.Printf("loaded %d rows in %.1f s\n", rows, time.Since(started).Seconds())
+
+	tmp, err := os.MkdirTemp("", "bench-backfill-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	var copyRates, bfRates []float64
+	for i := range pairs {
+		// COPY of the whole table into io.Discard: what the server can send.
+		t0 := time.Now()
+		tag, err := conn.PgConn().CopyTo(ctx, io.Discard, "COPY pgbench_accounts TO STDOUT")
+		if err != nil {
+			return fmt.Errorf("copy: %w", err)
+		}
+		copyRate := float64(tag.RowsAffected()) / time.Since(t0).Seconds()
+		copyRates = append(copyRates, copyRate)
+
+		lake := filepath.Join(tmp, fmt.Sprintf("lake-%d", i))
+		store, err := upload.NewDir(lake)
+		if err != nil {
+			return err
+		}
+		spill := filepath.Join(tmp, fmt.Sprintf("spill-%d", i))
+		if err := os.Mkdir(spill, 0o700); err != nil {
+			return err
+		}
+		if profile != nil {
+			pprof.StartCPUProfile(profile)
+		}
+		t0 = time.Now()
+		st, err := compact.Backfill(ctx, compact.BackfillConfig{
+			Store: store, ConnString: url, Slot: "bench", Publication: "bench",
+			Parallel: parallel, ChunkRows: chunkRows, TempDir: spill, Again: true, Logger: logger,
+		})
+		if err != nil {
+			return fmt.Errorf("backfill: %w", err)
+		}
+		elapsed := time.Since(t0)
+		if profile != nil {
+			pprof.StopCPUProfile()
+			profile = nil // the first backfill only
+		}
+		bfRate := float64(st.Rows()) / elapsed.Seconds()
+		bfRates = append(bfRates, bfRate)
+		size := dirSize(lake)
+		fmt.Printf("pair %d: COPY %8.0f rows/s | backfill %8.0f rows/s (%d rows, %d chunks, %.1f MiB Parquet, %.2f s) | ratio %.2f\n",
+			i+1, copyRate, bfRate, st.Rows(), st.Tables[0].ChunksDone, float64(size)/(1<<20), elapsed.Seconds(), bfRate/copyRate)
+		os.RemoveAll(lake)
+	}
+	c, b := median(copyRates), median(bfRates)
+	fmt.Printf("median: COPY TO STDOUT %.0f rows/s, backfill %.0f rows/s (parallel %d, chunk rows %d): ratio %.2f\n", c, b, parallel, chunkRows, b/c)
+	return nil
+}
+
+var (
+	profile *os.File
+	logger  *slog.Logger
+)
+
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	return s[len(s)/2]
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
