@@ -261,6 +261,7 @@ func (c *capturer) stream(ctx context.Context) error {
 			}
 			// Idle: make what we hold durable, seal when due, and ask the
 			// server for its position so a batch run can end.
+			c.log.Debug("idle", "received", c.received.String(), "server_lsn", c.serverPos.String())
 			if err := c.idle(); err != nil {
 				return err
 			}
@@ -283,6 +284,7 @@ func (c *capturer) stream(ctx context.Context) error {
 			}
 			if done {
 				c.caughtUp = true
+				c.log.Debug("caught up", "server_lsn", c.serverPos.String(), "txns", c.stats.Txns, "changes", c.stats.Changes)
 				return c.sendStatus(rs, false)
 			}
 		case 'E':

@@ -76,7 +76,7 @@ func writeGroup(db *bolt.DB, g *group) error {
 		}
 		for i := range g.chunks {
 			ch := &g.chunks[i]
-			if err := msgs.Put(ch.key[:], g.buf[ch.start:ch.end]); err != nil {
+			if err := putChunk(msgs, ch.key[:], g.buf[ch.start:ch.end]); err != nil {
 				return err
 			}
 		}
@@ -103,13 +103,48 @@ func writeGroup(db *bolt.DB, g *group) error {
 	})
 }
 
-// deletePrefix deletes every key of b that starts with xid.
+// A chunk is the one value (key chunkValueKey) of a bucket of its own, named
+// by its (xid, chunk) key inside the messages bucket. bbolt rewrites a whole
+// leaf when a key is added to it, and a leaf holds at least two entries
+// however large: chunks stored as plain values would be copied again with
+// every chunk appended after them. In a bucket of its own, a chunk's pages
+// are written once; the messages bucket holds only its small header (or,
+// for a chunk under a quarter page, the chunk inline).
+var chunkValueKey = []byte{0}
+
+func putChunk(msgs *bolt.Bucket, key, val []byte) error {
+	b, err := msgs.CreateBucketIfNotExists(key)
+	if err != nil {
+		return err
+	}
+	b.FillPercent = 1.0
+	return b.Put(chunkValueKey, val)
+}
+
+// getChunk returns the chunk stored under key, or nil.
+func getChunk(msgs *bolt.Bucket, key []byte) []byte {
+	b := msgs.Bucket(key)
+	if b == nil {
+		return nil
+	}
+	return b.Get(chunkValueKey)
+}
+
+// deleteKey deletes a chunk's bucket or a per-message value.
+func deleteKey(b *bolt.Bucket, k []byte) error {
+	if b.Bucket(k) != nil {
+		return b.DeleteBucket(k)
+	}
+	return b.Delete(k)
+}
+
+// deletePrefix deletes every chunk of b whose key starts with xid.
 func deletePrefix(b *bolt.Bucket, xid uint32) error {
 	var prefix [4]byte
 	binary.BigEndian.PutUint32(prefix[:], xid)
 	c := b.Cursor()
 	for k, _ := c.Seek(prefix[:]); len(k) >= 4 && string(k[:4]) == string(prefix[:]); k, _ = c.Seek(prefix[:]) {
-		if err := c.Delete(); err != nil {
+		if err := deleteKey(b, append([]byte(nil), k...)); err != nil {
 			return err
 		}
 	}

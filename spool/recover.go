@@ -110,7 +110,7 @@ func recoverSegment(dir, path string) error {
 				}
 			}
 			kk := append([]byte(nil), k...)
-			if err := c.Delete(); err != nil {
+			if err := deleteKey(b, kk); err != nil {
 				return err
 			}
 			k, _ = c.Seek(kk)

@@ -205,14 +205,13 @@ func (s *Segment) Messages(t Txn, fn func(lsn pglogrepl.LSN, msg []byte) error) 
 			return s.messagesV1(b, t, fn)
 		}
 		aborted := abortedSubxacts(tx, t.Xid)
-		c := b.Cursor()
 		var key [12]byte
 		var n uint64
 		for chunk := uint64(0); chunk < t.chunks; chunk++ {
 			putMsgKey(key[:], t.Xid, chunk)
-			k, v := c.Seek(key[:])
+			v := getChunk(b, key[:])
 			val := v
-			if k == nil || string(k) != string(key[:]) {
+			if v == nil {
 				return fmt.Errorf("spool: %s: transaction %d: chunk %d of %d missing", s.Info.Name(), t.Xid, chunk, t.chunks)
 			}
 			for len(v) > 0 {

@@ -34,7 +34,7 @@ type Options struct {
 	SegmentMaxAge time.Duration
 	// GroupBytes is how many bytes of messages are buffered before they are
 	// written in one bbolt transaction (one fsync), in the background while
-	// the next group fills. Default 4 MiB.
+	// the next group fills. Default 1 MiB.
 	GroupBytes int
 	// BeforeWrite, when set, runs before each group is written; an error it
 	// returns fails the write as a disk error would. It is the seam through
@@ -50,7 +50,7 @@ func (o *Options) setDefaults() {
 		o.SegmentMaxAge = time.Minute
 	}
 	if o.GroupBytes <= 0 {
-		o.GroupBytes = 4 << 20
+		o.GroupBytes = 1 << 20
 	}
 }
 

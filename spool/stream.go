@@ -162,7 +162,7 @@ func (w *Writer) StreamCommit(xid uint32, commitLSN, endLSN pglogrepl.LSN, commi
 	delete(w.streams, xid)
 	name := filepath.Base(s.path)
 	err := s.db.Sync()
-	if cerr := s.db.Close(); err == nil {
+	if cerr := closeTrimmed(s.db, s.path); err == nil {
 		err = cerr
 	}
 	if err != nil {

@@ -293,6 +293,23 @@ func (w *Writer) openSegment() error {
 	return nil
 }
 
+// closeTrimmed closes a bbolt file and cuts the space bbolt allocated ahead
+// of its pages, so that a sealed file's size is what it holds.
+func closeTrimmed(db *bolt.DB, path string) error {
+	var size int64
+	if err := db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil }); err != nil {
+		db.Close()
+		return err
+	}
+	if err := db.Close(); err != nil {
+		return err
+	}
+	if fi, err := os.Stat(path); err == nil && size > 0 && fi.Size() > size {
+		return os.Truncate(path, size)
+	}
+	return nil
+}
+
 // SealDue reports whether the open segment should be sealed at this
 // transaction boundary (size or age reached).
 func (w *Writer) SealDue() bool {
@@ -319,7 +336,7 @@ func (w *Writer) Seal() error {
 		return nil
 	}
 	path := w.segPath
-	err := w.seg.Close()
+	err := closeTrimmed(w.seg, path)
 	w.seg = nil
 	if err != nil {
 		return fmt.Errorf("spool: close %s: %w", filepath.Base(path), err)
