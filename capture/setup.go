@@ -91,6 +91,10 @@ func Setup(ctx context.Context, cfg SetupConfig) (SetupResult, error) {
 		log.Info("created publication", "publication", cfg.Publication, "tables", tableList(tables),
 			"via_partition_root", res.ViaPartitionRoot)
 	}
+	if res.ViaPartitionRoot && (res.CreatedPublication || res.ChangedViaPartitionRoot) {
+		log.Warn("with publish_via_partition_root PostgreSQL does not publish a TRUNCATE of a single partition: " +
+			"the lake keeps that partition's rows; truncate the partitioned table, or DELETE from the partition")
+	}
 	if res.ChangedViaPartitionRoot {
 		log.Warn("changed the publication's publish_via_partition_root: changes of partitions from now on land in the lake under "+
 			map[bool]string{true: "their partitioned table", false: "each partition's own name"}[res.ViaPartitionRoot],
