@@ -32,6 +32,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/parquet-go/parquet-go/compress/zstd"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -163,6 +164,9 @@ type backfiller struct {
 	slotTag string // makes temporary slot names unique to this process
 	started time.Time
 	workers int
+	// codec compresses every chunk file: one set of ZSTD encoders for the
+	// run rather than one per file (each holds a window-sized history).
+	codec *zstd.Codec
 }
 
 // Backfill copies the existing rows of the configured tables into the lake
@@ -171,7 +175,8 @@ func Backfill(ctx context.Context, cfg BackfillConfig) (BackfillStats, error) {
 	if err := cfg.Validate(); err != nil {
 		return BackfillStats{}, err
 	}
-	b := &backfiller{cfg: cfg, log: cfg.Logger.With("dest", fmt.Sprint(cfg.Store)), slotTag: randomHex(4), started: time.Now()}
+	b := &backfiller{cfg: cfg, log: cfg.Logger.With("dest", fmt.Sprint(cfg.Store)), slotTag: randomHex(4), started: time.Now(),
+		codec: &zstd.Codec{Level: zstd.SpeedDefault}} // the level of newFileWriter
 	conn, err := backfillConnect(ctx, cfg.ConnString, false)
 	if err != nil {
 		return b.stats(), err

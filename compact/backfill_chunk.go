@@ -206,7 +206,7 @@ func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err err
 	if err != nil {
 		return rd, err
 	}
-	fw, err := newFileWriter(w.b.cfg.TempDir, ts, commitDay(rd.at), ordinal)
+	fw, err := newFileWriter(w.b.cfg.TempDir, ts, commitDay(rd.at), ordinal, parquet.Compression(w.b.codec))
 	if err != nil {
 		return rd, err
 	}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"runtime/metrics"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -461,4 +463,53 @@ func BenchmarkBackfillRows(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*rows)/b.Elapsed().Seconds(), "rows/s")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/row")
+}
+
+// TestBackfillMemoryBounded backfills a table far larger than a chunk and
+// watches the heap: it stays bounded by chunk size and parallelism, not by
+// the table. Not parallel, so that no other test shares the heap.
+func TestBackfillMemoryBounded(t *testing.T) {
+	e := newBFEnv(t, `CREATE TABLE wide (id int PRIMARY KEY, a text, b text);
+		INSERT INTO wide SELECT g, repeat(md5(g::text), 24), repeat(md5((g * 7)::text), 24) FROM generate_series(1, 100000) g;`, "wide")
+	var size int64
+	e.db.QueryRow(t, "SELECT pg_table_size('wide')").Scan(&size)
+
+	// The live heap as of each garbage collection: what the backfill holds,
+	// not the garbage it has not collected yet.
+	var peak, peakAlloc atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
+		for {
+			metrics.Read(sample)
+			if v := sample[0].Value.Uint64(); v > peak.Load() {
+				peak.Store(v)
+			}
+			if v := sample[1].Value.Uint64(); v > peakAlloc.Load() {
+				peakAlloc.Store(v)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	runtime.GC()
+	base := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(base)
+	st := e.backfill(t, func(c *BackfillConfig) { c.ChunkRows = 2000; c.Parallel = 2 })
+	close(stop)
+	<-sampled
+	grew := int64(peak.Load()) - int64(base[0].Value.Uint64())
+	t.Logf("table %d MiB, %d rows in %d chunks; live heap grew by at most %d MiB (heap objects, garbage included, peaked at %d MiB)",
+		size>>20, st.Rows(), st.Tables[0].ChunksDone, grew>>20, peakAlloc.Load()>>20)
+	if st.Rows() != 100000 {
+		t.Fatalf("rows: %d", st.Rows())
+	}
+	if limit := int64(64 << 20); grew > limit || grew > size/2 {
+		t.Errorf("the heap grew by %d MiB backfilling a %d MiB table in 2,000-row chunks", grew>>20, size>>20)
+	}
 }

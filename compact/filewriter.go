@@ -31,18 +31,24 @@ type fileWriter struct {
 	batch   []parquet.Row
 }
 
-func newFileWriter(tmpDir string, ts *tableSchema, day time.Time, n int) (*fileWriter, error) {
+// newFileWriter creates a file writer. opts apply after the defaults (a
+// caller that writes many files passes one shared parquet.Compression codec:
+// each codec keeps its own ZSTD encoders, with a window-sized history
+// buffer each).
+func newFileWriter(tmpDir string, ts *tableSchema, day time.Time, n int, opts ...parquet.WriterOption) (*fileWriter, error) {
 	f, err := os.CreateTemp(tmpDir, "part-*.parquet")
 	if err != nil {
 		return nil, fmt.Errorf("create temporary file: %w", err)
 	}
-	w := parquet.NewWriter(f, ts.parquet,
+	options := []parquet.WriterOption{
+		ts.parquet,
 		parquet.Compression(&zstd.Codec{Level: zstd.SpeedDefault}),
 		parquet.MaxRowsPerRowGroup(rowGroupRows),
 		parquet.CreatedBy("wal-cake", "", ""),
 		parquet.KeyValueMetadata("walcake.table", ts.Table),
 		parquet.KeyValueMetadata("walcake.schema_version", ts.Version),
-	)
+	}
+	w := parquet.NewWriter(f, append(options, opts...)...)
 	return &fileWriter{ts: ts, day: day, n: n, f: f, w: w}, nil
 }
 
