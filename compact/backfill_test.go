@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/compress/zstd"
 
 	"github.com/wal-cake/wal-cake/scripts/testenv"
 	"github.com/wal-cake/wal-cake/scripts/testenv/duck"
@@ -435,11 +437,12 @@ func BenchmarkBackfillRows(b *testing.B) {
 		text = fmt.Appendf(text, "%d\t%d\t0\t%s\n", i, (i-1)/100000+1, filler)
 	}
 	dir := b.TempDir()
+	codec := &zstd.Codec{Level: zstd.SpeedDefault} // shared, as Backfill does
 	b.ResetTimer()
 	for range b.N {
 		w := &bfWorker{}
 		t := &bfTable{}
-		fw, err := newFileWriter(dir, ts, time.Now(), 0)
+		fw, err := newFileWriter(dir, ts, time.Now(), 0, parquet.Compression(codec))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -411,3 +411,42 @@ func TestBackfillBadInput(t *testing.T) {
 		t.Errorf("unpublished table: exit %d, %s", r.code, r.stderr)
 	}
 }
+
+func TestProgressLine(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		st   compact.BackfillTableStats
+		want string
+	}{
+		{compact.BackfillTableStats{Table: "public.a", Rows: 400_000, EstimatedRows: 1_000_000, ChunkRows: 100_000, ChunksDone: 4, ChunksPlanned: 6, ChunksResumed: 1, Elapsed: 2 * time.Second},
+			"public.a                         400,000 / ~1,000,000 rows  50%  200,000 rows/s  ETA 3s  chunks 4/6+"},
+		{compact.BackfillTableStats{Table: "public.b", Rows: 5000, EstimatedRows: -1, ChunksDone: 1, ChunksPlanned: 2, PlanDone: true, Elapsed: time.Second},
+			"public.b                         5,000 rows  5,000 rows/s  chunks 1/2"},
+		{compact.BackfillTableStats{Table: "public.c", Rows: 1234567, ChunksDone: 5, Bytes: 3 << 20, Done: true, Elapsed: 2 * time.Second},
+			"public.c                         done: 1,234,567 rows, 5 chunks, 3.0 MiB, 2s, 617,283 rows/s"},
+		{compact.BackfillTableStats{Table: "public.d", Run: "000002", Skipped: true}, "public.d                         backfilled before (run 000002)"},
+		{compact.BackfillTableStats{Table: "public.e"}, "public.e                         waiting"},
+	}
+	for _, tt := range tests {
+		if got := progressLine(tt.st); got != tt.want {
+			t.Errorf("progressLine(%s):\n got %q\nwant %q", tt.st.Table, got, tt.want)
+		}
+	}
+}
+
+// TestTermBlock: log lines go above the block, which is redrawn below them.
+func TestTermBlock(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	tb := &termBlock{out: &out}
+	tb.draw([]string{"a 1", "b 1"})
+	tb.Write([]byte("log line\n"))
+	tb.draw([]string{"a 2", "b 2"})
+	tb.finish()
+	want := "a 1\x1b[K\nb 1\x1b[K\n" +
+		"\x1b[2A\r\x1b[Jlog line\na 1\x1b[K\nb 1\x1b[K\n" +
+		"\x1b[2A\r\x1b[Ja 2\x1b[K\nb 2\x1b[K\n"
+	if out.String() != want {
+		t.Errorf("got  %q\nwant %q", out.String(), want)
+	}
+}
