@@ -69,6 +69,12 @@ func recoverSegment(dir, path string) error {
 	var first, last pglogrepl.LSN
 	var n int
 	err = db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketMeta) == nil && tx.Bucket(bucketTxns) == nil {
+			// Killed while the segment was being created: its buckets are
+			// created in one transaction, so it holds nothing. It is removed
+			// below like any segment without a complete transaction.
+			return nil
+		}
 		format, err := segmentFormat(tx)
 		if err != nil {
 			return err
