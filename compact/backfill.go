@@ -276,7 +276,6 @@ func replicationCapacity(ctx context.Context, conn *pgx.Conn, want int, log *slo
 
 // prepare finds the table's run to continue, or starts one.
 func (b *backfiller) prepare(ctx context.Context, t *bfTable) error {
-	t.started = time.Now()
 	last, err := latestRun(ctx, b.cfg.Store, t.name)
 	if err != nil {
 		return err
@@ -699,7 +698,7 @@ func (b *backfiller) finalize(ctx context.Context, t *bfTable) error {
 	t.ended.Store(time.Now().UnixNano())
 	b.log.Info("backfilled table", "table", t.name, "run", t.run.Run, "rows", rows, "chunks", t.run.Chunks,
 		"chunks_resumed", t.resumed.Load(), "files", t.nfiles.Load(), "bytes", t.bytes.Load(),
-		"seconds", roundSeconds(time.Since(t.started)))
+		"seconds", roundSeconds(t.elapsed()))
 	return nil
 }
 
@@ -747,14 +746,8 @@ func (b *backfiller) stats() BackfillStats {
 		t.mu.Lock()
 		s.PlanDone = t.planDone
 		t.mu.Unlock()
-		end := time.Now()
-		if e := t.ended.Load(); e != 0 {
-			s.Done = true
-			end = time.Unix(0, e)
-		}
-		if !t.started.IsZero() {
-			s.Elapsed = end.Sub(t.started)
-		}
+		s.Done = t.ended.Load() != 0
+		s.Elapsed = t.elapsed()
 		st.Tables = append(st.Tables, s)
 	}
 	return st

@@ -163,6 +163,7 @@ func (w *bfWorker) do(ctx context.Context, ch *bfChunk) error {
 // file and ends the snapshot.
 func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err error) {
 	t := ch.table
+	t.start()
 	started := time.Now()
 	if w.conn == nil {
 		if w.conn, err = backfillConnect(ctx, w.b.cfg.ConnString, true); err != nil {

@@ -64,7 +64,7 @@ type bfTable struct {
 	nfiles      atomic.Int64
 	firstSnap   atomic.Uint64
 	lastSnap    atomic.Uint64
-	started     time.Time
+	started     atomic.Int64 // unix nanos when this process began reading the table
 	ended       atomic.Int64 // unix nanos when finished
 	skipped     bool         // done earlier: nothing to do
 }
@@ -72,6 +72,22 @@ type bfTable struct {
 type keyColumn struct {
 	name string
 	typ  string // format_type without typmod, for casts of the text bounds
+}
+
+// start notes when this process began reading t, for its rate.
+func (t *bfTable) start() { t.started.CompareAndSwap(0, time.Now().UnixNano()) }
+
+// elapsed is how long this process has been reading t (until it finished).
+func (t *bfTable) elapsed() time.Duration {
+	s := t.started.Load()
+	if s == 0 {
+		return 0
+	}
+	end := time.Now().UnixNano()
+	if e := t.ended.Load(); e != 0 {
+		end = e
+	}
+	return time.Duration(end - s)
 }
 
 // keyed reports whether t is read in key ranges.
