@@ -48,6 +48,9 @@ func newFileWriter(tmpDir string, ts *tableSchema, day time.Time, n int, opts ..
 		parquet.KeyValueMetadata("walcake.table", ts.Table),
 		parquet.KeyValueMetadata("walcake.schema_version", ts.Version),
 	}
+	for _, path := range ts.unboundedPaths() { // [issue 4] no whole large values in statistics (tables.go)
+		options = append(options, parquet.SkipPageStatistics(path...), parquet.SkipPageBounds(path...))
+	}
 	w := parquet.NewWriter(f, append(options, opts...)...)
 	return &fileWriter{ts: ts, day: day, n: n, f: f, w: w}, nil
 }

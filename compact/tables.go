@@ -241,3 +241,32 @@ func (c *committer) newVersionName(table string, commit pglogrepl.LSN) string {
 		commit++
 	}
 }
+
+// unboundedPaths lists the leaf columns of the table's columns whose values
+// can be of any length (BYTE_ARRAY: text, json, bytea, numeric as text,
+// arrays of those). Their min and max are not written to page headers or
+// column chunk statistics: parquet-go would copy whole values there, up to
+// eight times each (a 64 MiB value made an 865 MiB file), and readers load
+// the footer whole. The column index keeps their bounds, truncated.
+func (ts *tableSchema) unboundedPaths() [][]string {
+	var out [][]string
+	for _, path := range ts.parquet.Columns() {
+		if len(path) == 0 || strings.HasPrefix(path[0], "_") && ts.isMetadata(path[0]) {
+			continue
+		}
+		leaf, ok := ts.parquet.Lookup(path...)
+		if ok && leaf.Node.Type().Kind() == parquet.ByteArray {
+			out = append(out, path)
+		}
+	}
+	return out
+}
+
+func (ts *tableSchema) isMetadata(name string) bool {
+	for _, f := range metadataFields() {
+		if f.name == name {
+			return true
+		}
+	}
+	return false
+}
