@@ -298,26 +298,29 @@ func (b *backfiller) prepare(ctx context.Context, t *bfTable) error {
 			last.State = runAbandoned
 		}
 	}
+	// A run of a table dropped and re-created since (another relation OID)
+	// is not this table's.
+	sameTable := last != nil && (last.RelationOID == 0 || last.RelationOID == t.oid)
 	switch {
-	case last != nil && last.State == runRunning && last.Mode == mode && slices.Equal(last.KeyColumns, keyNames):
+	case sameTable && last.State == runRunning && last.Mode == mode && slices.Equal(last.KeyColumns, keyNames):
 		t.run = last
 		b.log.Info("resuming backfill", "table", t.name, "run", last.Run)
 		return nil
 	case last != nil && last.State == runRunning:
-		// The key changed since: start over with the new one. Its done
+		// The key (or the table) changed since: start over. Its done
 		// chunks stay in the lake and are correct; they are just older.
 		last.State = runAbandoned
 		if err := putJSON(ctx, b.cfg.Store, runKey(t.name, last.Run), last); err != nil {
 			return err
 		}
-	case last != nil && last.State == runDone && !b.cfg.Again:
+	case sameTable && last.State == runDone && !b.cfg.Again:
 		t.run, t.skipped, t.planDone = last, true, true
 		t.ended.Store(time.Now().UnixNano())
 		b.log.Info("table was backfilled before; skipping (use --again to backfill it again)", "table", t.name, "run", last.Run)
 		return nil
 	}
 	t.run = &bfRunRecord{
-		Format: 1, Table: t.name, Run: nextRunID(last), State: runRunning, Mode: mode,
+		Format: 1, Table: t.name, RelationOID: t.oid, Run: nextRunID(last), State: runRunning, Mode: mode,
 		KeyColumns: keyNames, ChunkRows: b.cfg.ChunkRows, StartedAt: time.Now().UTC().Truncate(time.Millisecond),
 	}
 	if err := putJSON(ctx, b.cfg.Store, runKey(t.name, t.run.Run), t.run); err != nil {

@@ -45,15 +45,16 @@ const (
 
 // bfRunRecord is _walcake/backfill/runs/<table>/<run>.json.
 type bfRunRecord struct {
-	Format     int        `json:"format"`
-	Table      string     `json:"table"`
-	Run        string     `json:"run"`
-	State      string     `json:"state"`
-	Mode       string     `json:"mode"`
-	KeyColumns []string   `json:"key_columns,omitempty"`
-	ChunkRows  int64      `json:"chunk_rows"`
-	StartedAt  time.Time  `json:"started_at"`
-	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	Format      int        `json:"format"`
+	Table       string     `json:"table"`
+	RelationOID uint32     `json:"relation_oid,omitempty"` // pg_class OID: a re-created table is another table
+	Run         string     `json:"run"`
+	State       string     `json:"state"`
+	Mode        string     `json:"mode"`
+	KeyColumns  []string   `json:"key_columns,omitempty"`
+	ChunkRows   int64      `json:"chunk_rows"`
+	StartedAt   time.Time  `json:"started_at"`
+	FinishedAt  *time.Time `json:"finished_at,omitempty"`
 	// The snapshot of a ctid-mode run, shared by all its chunks, and the
 	// manifest that commits them together.
 	SnapshotLSN string    `json:"snapshot_lsn,omitempty"`

@@ -516,3 +516,19 @@ func TestBackfillMemoryBounded(t *testing.T) {
 		t.Errorf("the heap grew by %d MiB backfilling a %d MiB table in 2,000-row chunks", grew>>20, size>>20)
 	}
 }
+
+// TestBackfillRecreatedTable: a table dropped and re-created under the same
+// name is another table; its backfill is not skipped as done.
+func TestBackfillRecreatedTable(t *testing.T) {
+	t.Parallel()
+	e := newBFEnv(t, `CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);`, "t")
+	if st := e.backfill(t, nil); st.Tables[0].Rows != 10 {
+		t.Fatalf("first backfill: %+v", st.Tables[0])
+	}
+	e.db.Exec(t, `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 20);
+		ALTER PUBLICATION bf ADD TABLE t;`)
+	st := e.backfill(t, nil)
+	if tb := st.Tables[0]; tb.Skipped || tb.Run != "000002" || tb.Rows != 20 {
+		t.Errorf("backfill of the re-created table: %+v", tb)
+	}
+}
