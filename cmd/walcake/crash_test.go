@@ -86,6 +86,9 @@ func TestCrashRandomized(t *testing.T) {
 	}()
 
 	e := newEnv(t)
+	// Transactions over 64 kB reach capture streamed in progress (pgoutput
+	// protocol 2), the bulk and the large transactions among them.
+	e.db.Exec(t, "ALTER DATABASE "+pgx.Identifier{e.db.Name}.Sanitize()+" SET logical_decoding_work_mem = '64kB'")
 	e.db.Exec(t, crashSchema)
 	e.mustWalcake("setup")
 	proxy := e.withProxy()
@@ -156,6 +159,7 @@ type workload struct {
 	// The ground truth, owned by the workload goroutine while it runs.
 	want       map[string]int // identity -> times it must appear in the lake
 	forbidden  map[int64]bool // versions written by rolled-back changes
+	forbiddenR [][2]int64     // ranges [from, to) of them, from rolled-back bulk inserts
 	committed  int
 	rolledBack int
 	logged     int // sum of want, under mu
@@ -359,6 +363,9 @@ func (w *workload) txn(ctx context.Context) error {
 		return w.bigTxn(ctx)
 	}
 	kind := w.rng.IntN(100)
+	if kind < 3 {
+		return w.bulkTxn(ctx)
+	}
 	tx, err := w.conn.Begin(ctx)
 	if err != nil {
 		return err
@@ -553,6 +560,88 @@ func (w *workload) ops(m *model, xid int64, n int) *txnPlan {
 		}
 	}
 	return p
+}
+
+func (w *workload) isForbidden(v int64) bool {
+	if w.forbidden[v] {
+		return true
+	}
+	for _, r := range w.forbiddenR {
+		if v >= r[0] && v < r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// bulkTxn inserts 1,500 to 3,000 rows into ck_d next to a few single-row
+// changes: more than logical_decoding_work_mem (64 kB in this test), so the
+// server streams it in progress (pgoutput protocol 2). It commits, rolls
+// back whole, or rolls back a savepoint around the bulk insert (a streamed
+// subtransaction abort).
+func (w *workload) bulkTxn(ctx context.Context) error {
+	n := 1500 + w.rng.IntN(1500)
+	k0, v0 := w.nextKey, w.nextV
+	w.nextKey += n
+	w.nextV += int64(n)
+	outcome := w.rng.IntN(5) // 0: rollback, 1: savepoint rolled back, else commit
+	tx, err := w.conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	var xid int64
+	if err := tx.QueryRow(ctx, "SELECT (txid_current() % 4294967296)::bigint").Scan(&xid); err != nil {
+		return err
+	}
+	m := w.m.clone()
+	p := w.ops(&m, xid, 1+w.rng.IntN(3))
+	for _, st := range p.stmts {
+		if _, err := tx.Exec(ctx, st.sql, st.args...); err != nil {
+			return fmt.Errorf("%s %v: %w", st.sql, st.args, err)
+		}
+	}
+	if outcome == 1 {
+		if _, err := tx.Exec(ctx, "SAVEPOINT bulk"); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO ck_d SELECT g, $1::bigint + (g - $2::int), repeat('y', 60) FROM generate_series($2::int, $3::int) g",
+		v0, k0, k0+n-1); err != nil {
+		return fmt.Errorf("bulk insert: %w", err)
+	}
+	bulkRolledBack := outcome <= 1
+	if bulkRolledBack {
+		w.forbiddenR = append(w.forbiddenR, [2]int64{v0, v0 + int64(n)})
+	}
+	switch outcome {
+	case 0:
+		if err := tx.Rollback(ctx); err != nil {
+			return err
+		}
+		w.forbid(p)
+		w.rolledBack++
+		return nil
+	case 1:
+		if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT bulk"); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	w.m = m
+	w.record(p)
+	if !bulkRolledBack {
+		for i := range int64(n) {
+			w.want[fmt.Sprintf("d|I|%d", v0+i)]++
+		}
+		w.mu.Lock()
+		w.logged += n
+		w.mu.Unlock()
+	}
+	w.committed++
+	return nil
 }
 
 // bigTxn inserts tens of thousands of rows into ck_d in one transaction:
@@ -830,7 +919,7 @@ func (c *chaos) verify(w *workload) string {
 	var rolledBack []string
 	note := func(id string, v any) {
 		got[id]++
-		if n, ok := v.(int64); ok && w.forbidden[n] {
+		if n, ok := v.(int64); ok && w.isForbidden(n) {
 			rolledBack = append(rolledBack, id)
 		}
 	}
@@ -917,8 +1006,10 @@ func (c *chaos) verify(w *workload) string {
 	if c.unexpected > 0 {
 		t.Errorf("%d walcake processes failed without an injected cause", c.unexpected)
 	}
-	return fmt.Sprintf("%d changes expected, %d lake rows, %d lost, %d duplicated, %d rolled back present",
-		w.changes(), sumCounts(got), nLost, nDup, len(rolledBack))
+	var streamed, spilled int64
+	e.db.QueryRow(t, "SELECT coalesce(sum(stream_txns), 0)::bigint, coalesce(sum(spill_txns), 0)::bigint FROM pg_stat_replication_slots WHERE slot_name = 'walcake_test'").Scan(&streamed, &spilled)
+	return fmt.Sprintf("%d changes expected, %d lake rows, %d lost, %d duplicated, %d rolled back present (server streamed %d transactions, spilled %d)",
+		w.changes(), sumCounts(got), nLost, nDup, len(rolledBack), streamed, spilled)
 }
 
 type lakeTableSpec struct {
