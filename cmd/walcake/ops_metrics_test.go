@@ -125,7 +125,9 @@ func TestMetricsFollow(t *testing.T) {
 			t.Fatalf("Content-Type %q", ct)
 		}
 		samples = parseExposition(t, string(body))
-		if samples["walcake_capture_changes_total"] == 700 && samples["walcake_slot_lag_bytes"] >= 0 && samples["walcake_spool_bytes"] > 0 {
+		_, slotSeen := samples["walcake_slot_lag_bytes"]
+		_, spoolSeen := samples["walcake_spool_bytes"]
+		if samples["walcake_capture_changes_total"] == 700 && slotSeen && spoolSeen {
 			break
 		}
 		if time.Now().After(deadline) {
