@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -351,4 +352,46 @@ func FuzzParseChange(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestMetadataNameCollision writes a table whose columns are named like the
+// metadata columns and reads the file with DuckDB: each has its own field.
+func TestMetadataNameCollision(t *testing.T) {
+	t.Parallel()
+	h := newDecodeHarness(t, nil)
+	h.feed(relationMsg(1, "public", "t", identityDefault, relCol{"_op", pgtype.TextOID, -1, false},
+		relCol{"__op", pgtype.TextOID, -1, false}, idCol, relCol{"_seq", pgtype.Int8OID, -1, false}))
+	ts := h.d.relations[1]
+	ts.Version = "v1"
+	fw, err := newFileWriter(t.TempDir(), ts, time.Now(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.d.change(h.meta, 100, updateMsg(1, 0, nil, v("mine"), unchangedTOAST, v("7"), v("-1")),
+		func(ts *tableSchema, row parquet.Row, op string, size int) error { return fw.write(row, 100, size) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, _, err := fw.finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(path)
+	db := openTypemapDuckDB(t)
+	var got string
+	err = db.QueryRow(`SELECT concat_ws('|', _op, _seq, ___op, __op, id, __seq, list_aggregate(_unchanged, 'string_agg', ','))
+		FROM read_parquet('` + path + `')`).Scan(&got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "U|0|mine|7|-1|__op"; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+	var fields []string
+	for _, c := range ts.doc(100).Columns {
+		fields = append(fields, c.Name+">"+c.Field)
+	}
+	if got := strings.Join(fields, " "); got != "_op>___op __op> id> _seq>__seq" {
+		t.Errorf("schema document fields: %s", got)
+	}
 }

@@ -42,7 +42,10 @@ type column struct {
 	Key  bool // part of the replica identity (primary key, index or FULL)
 	conv converter
 
-	nameBytes []byte // Name, for _unchanged
+	// Field is the column's name in the lake: Name, unless a metadata column
+	// has that name (see fieldNames).
+	Field     string
+	nameBytes []byte // Field, for _unchanged
 	// stable: the column's text output depends only on the stored value
 	// (not on an enum's labels, a composite's fields or lc_monetary), so a
 	// value the state store kept can fill a later unchanged TOAST value.
@@ -124,6 +127,10 @@ type schemaColumn struct {
 	ElemOID uint32 `json:"elem_oid,omitempty"`
 	Key     bool   `json:"key,omitempty"`
 	Parquet string `json:"parquet"`
+	// Field is the column's name in the data files when it differs from
+	// Name (a table column named like a metadata column, e.g. "_op", is
+	// "__op").
+	Field string `json:"field,omitempty"`
 }
 
 func (ts *tableSchema) doc(firstCommit pglogrepl.LSN) schemaDoc {
@@ -134,11 +141,15 @@ func (ts *tableSchema) doc(firstCommit pglogrepl.LSN) schemaDoc {
 		ReplicaIdentity: string(ts.ReplicaIdentity),
 	}
 	for _, c := range ts.Columns {
-		d.Columns = append(d.Columns, schemaColumn{
+		sc := schemaColumn{
 			Name: c.Name, Type: c.Type.Name, OID: c.Type.OID, Typmod: c.Type.Typmod,
 			Dims: c.Type.Dims, ElemOID: c.Type.Elem, Key: c.Key,
 			Parquet: strings.TrimSpace(c.conv.node().String()),
-		})
+		}
+		if c.Field != c.Name {
+			sc.Field = c.Field
+		}
+		d.Columns = append(d.Columns, sc)
 	}
 	return d
 }
@@ -203,7 +214,8 @@ func newTableSchema(ctx context.Context, cat *catalog, rel *pglogrepl.RelationMe
 		ReplicaIdentity: rel.ReplicaIdentity,
 	}
 	fields := metadataFields()
-	for _, rc := range rel.Columns {
+	names := fieldNames(rel.Columns)
+	for i, rc := range rel.Columns {
 		t, err := cat.columnType(ctx, rel.RelationID, rc.Name, rc.DataType, rc.TypeModifier)
 		if err != nil {
 			return nil, fmt.Errorf("table %s column %s: %w", ts.Table, rc.Name, err)
@@ -212,11 +224,11 @@ func newTableSchema(ctx context.Context, cat *catalog, rel *pglogrepl.RelationMe
 		if err != nil {
 			return nil, fmt.Errorf("table %s column %s: %w", ts.Table, rc.Name, err)
 		}
-		c := column{Name: rc.Name, Type: t, Key: rc.Flags&1 == 1, conv: newConverter(t),
-			nameBytes: []byte(rc.Name), stable: stable}
+		c := column{Name: rc.Name, Field: names[i], Type: t, Key: rc.Flags&1 == 1, conv: newConverter(t),
+			nameBytes: []byte(names[i]), stable: stable}
 		ts.hasKey = ts.hasKey || c.Key
 		ts.Columns = append(ts.Columns, c)
-		fields = append(fields, field{name: rc.Name, node: c.conv.node()})
+		fields = append(fields, field{name: c.Field, node: c.conv.node()})
 	}
 	ts.parquet = parquet.NewSchema(ts.Table, orderedGroup(fields))
 	ts.fingerprint = ts.doc(0).fingerprint()
@@ -269,4 +281,31 @@ func (ts *tableSchema) isMetadata(name string) bool {
 		}
 	}
 	return false
+}
+
+// fieldNames returns the lake names of a table's columns: their own, except
+// that a column named like a metadata column (a table may well have a column
+// "_op" or "_lsn") gets one more leading underscore until no metadata column
+// and no other column of the table has the name.
+func fieldNames(cols []*pglogrepl.RelationMessageColumn) []string {
+	taken := map[string]bool{}
+	for _, f := range metadataFields() {
+		taken[f.name] = true
+	}
+	own := map[string]bool{}
+	for _, c := range cols {
+		own[c.Name] = true
+	}
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		name := c.Name
+		if taken[name] {
+			for taken[name] || own[name] {
+				name = "_" + name
+			}
+		}
+		taken[name] = true
+		names[i] = name
+	}
+	return names
 }
