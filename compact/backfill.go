@@ -400,10 +400,11 @@ func (b *backfiller) runAll(ctx context.Context, conn *pgx.Conn) error {
 			defer w.close()
 			for ch := range work {
 				if err := w.do(gctx, ch); err != nil {
+					w.wait()
 					return err
 				}
 			}
-			return nil
+			return w.wait()
 		})
 	}
 	if err := g.Wait(); err != nil {

@@ -111,6 +111,8 @@ type bfWorker struct {
 	cat   *catalog
 	slots int // temporary slots created, for unique names
 	rows  []parquet.Row
+
+	committing chan error // the previous chunk's commit, when in flight
 }
 
 func (w *bfWorker) close() {
@@ -137,7 +139,10 @@ type chunkRead struct {
 	mf         ManifestFile
 }
 
-// do reads one chunk and commits it to the lake.
+// do reads one chunk, then commits it to the lake in the background while
+// the worker reads its next chunk: at most one commit per worker is in
+// flight (one local file waiting for its upload), and wait returns its
+// error.
 func (w *bfWorker) do(ctx context.Context, ch *bfChunk) error {
 	t := ch.table
 	rd, err := w.read(ctx, ch)
@@ -148,15 +153,35 @@ func (w *bfWorker) do(ctx context.Context, ch *bfChunk) error {
 		w.close() // the session's temporary slot and transaction go with it
 		return fmt.Errorf("backfill %s chunk %d: %w", t.name, ch.plan.Chunk, err)
 	}
-	defer func() {
+	if err := w.wait(); err != nil {
 		if rd.path != "" {
 			os.Remove(rd.path)
 		}
-	}()
-	if err := w.b.commitChunk(ctx, t, ch, rd); err != nil {
-		return fmt.Errorf("backfill %s chunk %d: %w", t.name, ch.plan.Chunk, err)
+		return err
 	}
+	done := make(chan error, 1)
+	w.committing = done
+	go func() {
+		err := w.b.commitChunk(ctx, t, ch, rd)
+		if rd.path != "" {
+			os.Remove(rd.path)
+		}
+		if err != nil {
+			err = fmt.Errorf("backfill %s chunk %d: %w", t.name, ch.plan.Chunk, err)
+		}
+		done <- err
+	}()
 	return nil
+}
+
+// wait waits for the worker's commit in flight, if any.
+func (w *bfWorker) wait() error {
+	if w.committing == nil {
+		return nil
+	}
+	err := <-w.committing
+	w.committing = nil
+	return err
 }
 
 // read takes the chunk's snapshot, copies its rows into a local Parquet
