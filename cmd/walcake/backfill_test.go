@@ -450,3 +450,39 @@ func TestTermBlock(t *testing.T) {
 		t.Errorf("got  %q\nwant %q", out.String(), want)
 	}
 }
+
+// TestBackfillInterrupted stops a backfill with SIGINT: it exits 130, leaves
+// no temporary files, and the next run finishes the job exactly.
+func TestBackfillInterrupted(t *testing.T) {
+	t.Parallel()
+	e := newBFEnv(t)
+	e.db.Exec(t, `CREATE TABLE items (id bigint PRIMARY KEY, grp int NOT NULL, name text, qty int, note text);
+		INSERT INTO items SELECT g, g % 97, 'item ' || g, g % 13, NULL FROM generate_series(1, 200000) g;`)
+	e.mustWalcake("setup", "--tables", "public.items")
+	e.setVar("WALCAKE_PROGRESS_INTERVAL=50ms")
+	p := e.start("backfill", "--table", "public.items", "--chunk-rows", "2000", "--parallel", "1")
+	p.waitLine(regexp.MustCompile(`msg="backfill progress".*chunks_done=[1-9]`), time.Minute)
+	p.cmd.Process.Signal(os.Interrupt)
+	<-p.done
+	if p.code != 130 {
+		t.Fatalf("interrupted backfill: exit %d, want 130", p.code)
+	}
+	if left, _ := filepath.Glob(filepath.Join(e.spool, "backfill-*", "*")); len(left) != 0 {
+		t.Errorf("temporary files left behind: %v", left)
+	}
+	r := e.mustWalcake("backfill", "--table", "public.items", "--chunk-rows", "2000", "--json")
+	var s backfillSummary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || s.ChunksResumed == 0 || s.Tables[0].Run != "000001" {
+		t.Errorf("resumed backfill: %+v, %v", s, err)
+	}
+	e.mustWalcake("run")
+	lake := e.download()
+	ddb := duck.Open(t)
+	got := asStrings(lakeState(t, ddb, lake, "public.items", []string{"id"}, bfItemsDuckCols, "id"))
+	want := asStrings(e.pgRows("SELECT " + bfItemsPGCols + " FROM items AS t ORDER BY t.id"))
+	sameRows(t, "public.items", got, want)
+	rows := duck.Rows(t, ddb, "SELECT count(*) - count(DISTINCT id) FROM read_parquet('"+filepath.Join(lake, "public.items", "**", "*.parquet")+"', union_by_name=true, hive_partitioning=false) WHERE _op = 'R'")
+	if n := rows[0][0].(int64); n != 0 {
+		t.Errorf("%d duplicate R rows", n)
+	}
+}
