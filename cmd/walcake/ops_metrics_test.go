@@ -337,11 +337,13 @@ func TestStatusReport(t *testing.T) {
 	if st.Spool.Sealed == 0 || st.Spool.OldestPendingCommit == nil || st.Spool.OldestPendingAge == nil || st.Lag.Seconds != *st.Spool.OldestPendingAge {
 		t.Errorf("status spool and lag: %+v %+v", st.Spool, st.Lag)
 	}
-	if st.Lake.LastCommitLSN == "" || st.Lake.Rows != 100 || st.Lake.AgeSeconds == nil {
+	if st.Lake.LastCommitLSN == "" || st.Lake.Rows != 100 || st.Lake.AgeSeconds == nil ||
+		!regexp.MustCompile(`^_walcake/manifests/[0-9A-F]{16}\.json$`).MatchString(st.Lake.LastManifest) {
 		t.Errorf("status lake: %+v", st.Lake)
 	}
 
 	r = e.mustWalcake("status")
+	t.Logf("status:\n%s", r.stdout)
 	for _, want := range []string{"slot", "confirmed_flush_lsn", "restart_lsn", "retained_wal", "wal_status", "safe_wal_size",
 		"spool", "pending", "oldest_pending", "lake", "last commit", "lag", "health"} {
 		if !strings.Contains(r.stdout, want) {

@@ -175,6 +175,9 @@ func lakeStatus(c *cli.Context, r *statusReport) (pglogrepl.LSN, error) {
 		return 0, err
 	}
 	r.Lake.LastCommitLSN = m.LastCommitLSN
+	lsn, _ := pglogrepl.ParseLSN(m.LastCommitLSN)
+	// Named as DESIGN.md fixes: the commit LSN in fixed-width hex.
+	r.Lake.LastManifest = fmt.Sprintf("_walcake/manifests/%016X.json", uint64(lsn))
 	created := m.CreatedAt
 	r.Lake.CommittedAt = &created
 	r.Lake.AgeSeconds = ptr(roundSeconds(r.CheckedAt.Sub(created)))
@@ -182,7 +185,6 @@ func lakeStatus(c *cli.Context, r *statusReport) (pglogrepl.LSN, error) {
 	for _, n := range m.Rows {
 		r.Lake.Rows += n
 	}
-	lsn, _ := pglogrepl.ParseLSN(m.LastCommitLSN)
 	return lsn, nil
 }
 
@@ -272,6 +274,7 @@ func printStatus(c *cli.Context, r *statusReport) {
 	default:
 		fmt.Fprintf(w, "lake\t%s\tlast commit %s at %s, %s ago (%d files, %d rows)\n", l.Dest, l.LastCommitLSN,
 			l.CommittedAt.Format(time.RFC3339), secondsText(*l.AgeSeconds), l.Files, l.Rows)
+		fmt.Fprintf(w, "  manifest\t%s\t\n", l.LastManifest)
 	}
 	fmt.Fprintf(w, "lag\t%s\t%s\n", bytesOrDash(r.Lag.Bytes), secondsText(r.Lag.Seconds))
 	if r.Healthy {
