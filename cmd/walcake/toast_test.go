@@ -22,7 +22,7 @@ lives AS (  -- a key's life ends at its delete, every life at a truncate
   FROM (SELECT *, count(*) FILTER (WHERE _op = 'T') OVER (ORDER BY _commit_lsn, _seq) AS tgen FROM rows)
 ),
 filled AS (
-  SELECT _op, _commit_lsn, _seq, tgen, id, note,
+  SELECT * REPLACE (
     CASE WHEN list_contains(_unchanged, 'body')
       THEN (last_value(CASE WHEN NOT list_contains(_unchanged, 'body') THEN {'v': body} END IGNORE NULLS) OVER w).v
       ELSE body END AS body,
@@ -31,7 +31,7 @@ filled AS (
       ELSE blob END AS blob,
     CASE WHEN list_contains(_unchanged, 'meta')
       THEN (last_value(CASE WHEN NOT list_contains(_unchanged, 'meta') THEN {'v': meta} END IGNORE NULLS) OVER w).v
-      ELSE meta END AS meta
+      ELSE meta END AS meta)
   FROM lives
   WINDOW w AS (PARTITION BY id, tgen, dgen ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 ),
