@@ -518,7 +518,8 @@ func TestBackfillMemoryBounded(t *testing.T) {
 }
 
 // TestBackfillRecreatedTable: a table dropped and re-created under the same
-// name is another table; its backfill is not skipped as done.
+// name is another table: its backfill is not skipped as done, and the old
+// table's interrupted run is abandoned without leaving files behind.
 func TestBackfillRecreatedTable(t *testing.T) {
 	t.Parallel()
 	e := newBFEnv(t, `CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);`, "t")
@@ -527,8 +528,41 @@ func TestBackfillRecreatedTable(t *testing.T) {
 	}
 	e.db.Exec(t, `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 20);
 		ALTER PUBLICATION bf ADD TABLE t;`)
+	// Interrupted after a chunk's upload, before its manifest.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cfg := e.cfg
+	cfg.ChunkRows, cfg.Parallel, cfg.Again = 3, 1, true
+	cfg.Failpoint = func(name string) {
+		if name == FailBackfillAfterUpload {
+			cancel(errors.New("interrupted by the test"))
+		}
+	}
+	if _, err := Backfill(ctx, cfg); err == nil {
+		t.Fatal("the interrupted backfill reported success")
+	}
+	e.db.Exec(t, `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 30);
+		ALTER PUBLICATION bf ADD TABLE t;`)
 	st := e.backfill(t, nil)
-	if tb := st.Tables[0]; tb.Skipped || tb.Run != "000002" || tb.Rows != 20 {
+	if tb := st.Tables[0]; tb.Skipped || tb.Run != "000003" || tb.Rows != 30 {
 		t.Errorf("backfill of the re-created table: %+v", tb)
+	}
+	named := map[string]bool{}
+	manifests, _ := filepath.Glob(filepath.Join(e.lake, "_walcake", "manifests", "*.json"))
+	for _, m := range manifests {
+		b, _ := os.ReadFile(m)
+		for _, f := range parseManifestFiles(t, b) {
+			named[f] = true
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(e.lake, "public.t", "*", "*.parquet"))
+	for _, f := range files {
+		rel, _ := filepath.Rel(e.lake, f)
+		if !named[filepath.ToSlash(rel)] {
+			t.Errorf("%s is in no manifest", rel)
+		}
+	}
+	var r bfRunRecord
+	if err := getJSON(context.Background(), e.store, runKey("public.t", "000002"), &r); err != nil || r.State != runAbandoned {
+		t.Errorf("the interrupted run: %+v, %v", r, err)
 	}
 }
