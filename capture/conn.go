@@ -54,11 +54,8 @@ func connectReplication(ctx context.Context, connString string) (*pgconn.PgConn,
 // redactParseError drops the connection string that pgconn's parse errors
 // may quote.
 func redactParseError(err error) error {
-	var pe *pgconn.ParseConfigError
-	if errors.As(err, &pe) {
-		return errors.New(pe.Unwrap().Error())
-	}
-	return err
+	// pe.Unwrap() is nil for some strings (port=x): see slotcheck.go.
+	return parseErrorWithoutConnString(err)
 }
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)

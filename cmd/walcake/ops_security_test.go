@@ -333,6 +333,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 		{"refused port", []string{"PG_CONN_STRING=postgres://postgres:" + pgPassword + "@127.0.0.1:1/db?connect_timeout=5"}, []string{"capture"}},
 		{"unparsable URL", []string{"PG_CONN_STRING=postgres://postgres:" + pgPassword + "@127.0.0.1:notaport/db"}, []string{"run"}},
 		{"unparsable DSN", []string{"PG_CONN_STRING=host=127.0.0.1 password=" + pgPassword + " port=x"}, []string{"status"}},
+		{"unparsable DSN in setup", []string{"PG_CONN_STRING=host=127.0.0.1 password=" + pgPassword + " port=x"}, []string{"setup"}},
 		{"bad bucket", []string{"WALCAKE_DEST=s3://no-such-bucket-walcake/x"}, []string{"run"}},
 		{"bad AWS secret", []string{"AWS_SECRET_ACCESS_KEY=wrong-" + e.s3.SecretKey}, []string{"compact"}},
 		{"session token", []string{"AWS_SESSION_TOKEN=" + sessionToken}, []string{"run"}},
@@ -355,6 +356,9 @@ func TestSecretsNeverLogged(t *testing.T) {
 				t.Logf("%s: exit %d: %s", tc.name, r.code, lastLine(r.stderr))
 			}
 			out := r.stdout + r.stderr
+			if strings.Contains(out, "panic:") || strings.Contains(out, "goroutine ") {
+				t.Errorf("%s (%s): walcake panicked:\n%s", tc.name, format, out)
+			}
 			for _, kv := range tc.vars {
 				if _, v, _ := strings.Cut(kv, "="); strings.HasPrefix(kv, "AWS_SECRET") {
 					secrets = append(secrets, v)
