@@ -188,13 +188,16 @@ func newBackfillProgress(c *cli.Context, chunkRows int64) *backfillProgress {
 		p.every = 30 * time.Second // setup --backfill has no such flag
 	}
 	if o := opsFrom(c); o != nil {
-		if f, ok := o.rt.stderr.w.(*os.File); ok && isTerminal(f) {
-			// Log records go through the block, which clears itself
-			// before and redraws after each.
+		o.rt.stderr.mu.Lock()
+		f, ok := o.rt.stderr.w.(*os.File)
+		if ok && isTerminal(f) {
+			// Log records (redacted first) go through the block, which
+			// clears itself before and redraws after each.
 			p.term = &termBlock{out: f}
-			o.rt.stderr.mu.Lock()
 			o.rt.stderr.w = p.term
-			o.rt.stderr.mu.Unlock()
+		}
+		o.rt.stderr.mu.Unlock()
+		if p.term != nil {
 			p.restore = func() {
 				o.rt.stderr.mu.Lock()
 				o.rt.stderr.w = f
