@@ -17,5 +17,10 @@
 //     lake, or to the position capture scanned when nothing at all is left in
 //     the spool.
 //   - Segments are dropped only after their lake commit.
+//   - Every change is a row (an UPDATE of the replica identity, and every
+//     UPDATE under REPLICA IDENTITY FULL, a D row then a U row); a value is
+//     either the one PostgreSQL sent, or exactly the one the lake holds as
+//     the key's newest (the TOAST state store, toast.go, in step with the
+//     lake head), or NULL and named in _unchanged. Never a placeholder.
 //   - compact never imports capture: they meet in the spool.
 package compact
