@@ -66,12 +66,12 @@ func TestDecodeFillsFromStore(t *testing.T) {
 		insertMsg(1, v("1"), v(body1), v("n")),
 		insertMsg(1, v("2"), v(body2), v("n")),
 		insertMsg(1, v("3"), v("small"), v("n")),
-		updateMsg(1, 0, nil, v("1"), unchangedTOAST, v("n2")), // filled
-		updateMsg(1, 0, nil, v("3"), unchangedTOAST, v("n2")), // small values are not kept
+		updateMsg(1, 0, nil, v("1"), unchangedTOAST, v("n2")),                       // filled
+		updateMsg(1, 0, nil, v("3"), unchangedTOAST, v("n2")),                       // small values are not kept
 		updateMsg(1, 'K', []tv{v("2"), nil, nil}, v("20"), unchangedTOAST, v("n2")), // key change: from the old key
-		updateMsg(1, 0, nil, v("2"), unchangedTOAST, v("n3")), // the old key was moved away
-		updateMsg(1, 0, nil, v("20"), unchangedTOAST, v("n3")), // ... to the new key
-		updateMsg(1, 0, nil, v("1"), v(body3), v("n4")),        // a new value replaces the kept one
+		updateMsg(1, 0, nil, v("2"), unchangedTOAST, v("n3")),                       // the old key was moved away
+		updateMsg(1, 0, nil, v("20"), unchangedTOAST, v("n3")),                      // ... to the new key
+		updateMsg(1, 0, nil, v("1"), v(body3), v("n4")),                             // a new value replaces the kept one
 		updateMsg(1, 0, nil, v("1"), unchangedTOAST, v("n5")),
 		updateMsg(1, 0, nil, v("1"), v("tiny"), v(repeated("pad", 3000))), // a small value removes it
 		updateMsg(1, 0, nil, v("1"), unchangedTOAST, v("n6")),
