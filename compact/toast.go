@@ -277,7 +277,7 @@ func (s *toastStore) changed(bytes int) error {
 
 // flush commits the open transaction (or rolls back one that only read).
 func (s *toastStore) flush() error {
-	if s.tx == nil {
+	if s == nil || s.tx == nil {
 		return nil
 	}
 	tx := s.tx

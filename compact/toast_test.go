@@ -2,15 +2,21 @@ package compact
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/parquet-go/parquet-go"
+
+	"github.com/wal-cake/wal-cake/spool"
 )
 
 const testLake = "file:///lake"
@@ -252,5 +258,44 @@ func TestToastEntryCorrupt(t *testing.T) {
 		if err := e.decode(b); err == nil {
 			t.Errorf("decode(%x) = nil, want an error", b)
 		}
+	}
+}
+
+// BenchmarkDecodeWithStore decodes inserts and updates of rows with a 3 kB
+// value, which the TOAST state store keeps, with and without the store.
+func BenchmarkDecodeWithStore(b *testing.B) {
+	for _, withStore := range []bool{false, true} {
+		b.Run(fmt.Sprintf("store=%v", withStore), func(b *testing.B) {
+			ctx := context.Background()
+			d := newDecoder(newCatalog(nil))
+			if withStore {
+				s, err := openToastStore(b.TempDir(), testLake, 0, slog.New(slog.DiscardHandler))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.close()
+				d.toast = s
+			}
+			if err := d.relation(ctx, relationMsg(1, "public", "docs", identityDefault, idCol, bodyCol, noteCol)); err != nil {
+				b.Fatal(err)
+			}
+			body := noisy(3, 3000)
+			meta := &rowMeta{txn: spool.Txn{Xid: 7, CommitLSN: 100, CommitTime: time.Unix(1700000000, 0)}}
+			emit := func(ts *tableSchema, row parquet.Row, op string, size int) error { return nil }
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				id := strconv.Itoa(i % 100000)
+				msg := insertMsg(1, v(id), v(body), v("n"))
+				if i%2 == 1 {
+					msg = updateMsg(1, 0, nil, v(id), unchangedTOAST, v("n2"))
+				}
+				if err := d.change(meta, 100, msg, emit); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+			d.toast.flush()
+		})
 	}
 }
