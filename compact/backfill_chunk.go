@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strconv"
@@ -250,7 +251,13 @@ func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err err
 	sql := "COPY (SELECT " + strings.Join(cols, ", ") + " FROM " + t.from() + t.chunkWhere(&ch.plan) + ") TO STDOUT"
 	rw := w.rowWriter(t, ts, fw, rd, ordinal)
 	dec := newCopyDecoder(len(ts.Columns), rw.row)
-	tag, err := w.conn.PgConn().CopyTo(ctx, dec, sql)
+	var out io.Writer = dec
+	var busy *timedWriter
+	if w.b.log.Enabled(ctx, slog.LevelDebug) {
+		busy = &timedWriter{w: dec}
+		out = busy
+	}
+	tag, err := w.conn.PgConn().CopyTo(ctx, out, sql)
 	if err == nil {
 		err = dec.Close()
 	}
@@ -286,13 +293,34 @@ func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err err
 	}
 	w.b.log.Debug("chunk read", "table", t.name, "chunk", ch.plan.Chunk, "rows", rd.rows, "snapshot_lsn", rd.consistent.String(),
 		"snapshot_s", roundSeconds(snapped.Sub(started)), "copy_s", roundSeconds(copied.Sub(snapped)),
-		"finish_s", roundSeconds(time.Since(copied)))
+		"finish_s", roundSeconds(time.Since(copied)), "convert_s", roundSeconds(busy.total()))
 	rd.key = fw.key()
 	rd.mf = ManifestFile{
 		Key: rd.key, Table: t.name, SchemaVersion: ts.Version, Rows: rd.rows, Bytes: rd.size,
 		FirstCommitLSN: rd.commit.String(), LastCommitLSN: rd.commit.String(),
 	}
 	return rd, nil
+}
+
+// timedWriter adds up the time spent in its writer: how much of a COPY the
+// client spends converting and writing rows, rather than waiting for them.
+type timedWriter struct {
+	w   io.Writer
+	sum time.Duration
+}
+
+func (t *timedWriter) Write(p []byte) (int, error) {
+	start := time.Now()
+	n, err := t.w.Write(p)
+	t.sum += time.Since(start)
+	return n, err
+}
+
+func (t *timedWriter) total() time.Duration {
+	if t == nil {
+		return 0
+	}
+	return t.sum
 }
 
 func nulledValues(ts *tableSchema) uint64 {
