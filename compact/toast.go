@@ -65,6 +65,12 @@ const (
 	// about this size, so that memory stays bounded.
 	toastTxBytes = 8 << 20
 	toastTxOps   = 4096
+
+	// Past this much space in use the store keeps no new values (it shares
+	// the spool's disk with capture); the keys it holds stay, and their
+	// entries are removed as their values change, so that it stays about
+	// this size.
+	toastMaxFileBytes = 2 << 30
 )
 
 var (
@@ -91,8 +97,10 @@ type toastStore struct {
 	txBytes int
 	txOps   int
 
-	rels map[uint32]bool // relations that have a bucket
-	enc  *zstd.Encoder
+	rels    map[uint32]bool // relations that have a bucket
+	maxFile int64           // toastMaxFileBytes; tests lower it
+	full    bool            // the file has passed maxFile
+	enc     *zstd.Encoder
 	dec  *zstd.Decoder
 	buf  []byte // scratch: the entry being encoded
 	log  *slog.Logger
@@ -120,7 +128,7 @@ func openToastStore(dir, lake string, head pglogrepl.LSN, log *slog.Logger) (*to
 	if err != nil {
 		return nil, fmt.Errorf("toast state: open %s: %w", path, err)
 	}
-	s := &toastStore{db: db, rels: map[uint32]bool{}, log: log}
+	s := &toastStore{db: db, rels: map[uint32]bool{}, log: log, maxFile: toastMaxFileBytes}
 	if err := db.Update(func(tx *bolt.Tx) error { return s.reconcile(tx, lake, head) }); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("toast state: %w", err)
@@ -324,6 +332,26 @@ func (s *toastStore) remember(ts *tableSchema, key []byte, vals []colValue, prev
 		total += len(v.data)
 	}
 	keep := total >= toastRowMin
+	if keep {
+		tx, err := s.begin()
+		if err != nil {
+			return err
+		}
+		// The file never shrinks: what counts is the space in use, as of
+		// the last commit (free pages are reused).
+		if size := tx.Size(); size > s.maxFile {
+			used := size - int64(s.db.Stats().FreeAlloc)
+			switch {
+			case used > s.maxFile && !s.full:
+				s.log.Warn("TOAST state store is full: new large values are not kept (unchanged ones are named in _unchanged)",
+					"bytes", used, "limit", s.maxFile)
+				s.full = true
+			case used <= s.maxFile && s.full:
+				s.full = false
+			}
+			keep = keep && !s.full
+		}
+	}
 	b := binary.BigEndian.AppendUint64(s.buf[:0], uint64(commit))
 	ncols, reused := 0, 0
 	for i := range ts.Columns {

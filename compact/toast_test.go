@@ -251,6 +251,31 @@ func TestToastStoreCrashes(t *testing.T) {
 	}
 }
 
+// TestToastStoreFull checks that a store past its size keeps no new values
+// and removes those that change, so that it does not grow.
+func TestToastStoreFull(t *testing.T) {
+	t.Parallel()
+	store := openTestToast(t, t.TempDir(), 0)
+	h := newDecodeHarness(t, store)
+	h.feed(relationMsg(1, "public", "docs", identityDefault, idCol, bodyCol, noteCol))
+	h.feed(insertMsg(1, v("1"), v(noisy(1, 9000)), nil))
+	store.maxFile = 1 // full from now on
+	h.feed(
+		insertMsg(1, v("2"), v(noisy(2, 9000)), nil),
+		updateMsg(1, 0, nil, v("1"), unchangedTOAST, v("kept before")),
+		updateMsg(1, 0, nil, v("2"), unchangedTOAST, v("not kept")),
+		updateMsg(1, 0, nil, v("1"), v(noisy(3, 9000)), v("changed")),
+		updateMsg(1, 0, nil, v("1"), unchangedTOAST, v("removed")),
+	)
+	var got []string
+	for _, r := range h.rows {
+		got = append(got, fmt.Sprintf("%s %s %v", r.cols[0], r.cols[2], r.unchanged))
+	}
+	sameStrings(t, "full store", got, []string{
+		"1 NULL []", "2 NULL []", "1 kept before []", "2 not kept [body]", "1 changed []", "1 removed [body]",
+	})
+}
+
 func TestToastEntryCorrupt(t *testing.T) {
 	t.Parallel()
 	var e toastEntry
