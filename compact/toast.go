@@ -101,9 +101,9 @@ type toastStore struct {
 	maxFile int64           // toastMaxFileBytes; tests lower it
 	full    bool            // the file has passed maxFile
 	enc     *zstd.Encoder
-	dec  *zstd.Decoder
-	buf  []byte // scratch: the entry being encoded
-	log  *slog.Logger
+	dec     *zstd.Decoder
+	buf     []byte // scratch: the entry being encoded
+	log     *slog.Logger
 
 	// Figures, for tests and logs.
 	filled, kept, forgotten int64
