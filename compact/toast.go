@@ -105,8 +105,8 @@ type toastStore struct {
 	buf     []byte // scratch: the entry being encoded
 	log     *slog.Logger
 
-	// Figures, for tests and logs.
-	filled, kept, forgotten int64
+	// Figures, for the debug log.
+	kept, forgotten int64
 }
 
 // openToastStore opens (or creates) the store in dir for the lake at lake
@@ -479,6 +479,7 @@ func (s *toastStore) close() error {
 		s.tx.Rollback()
 		s.tx = nil
 	}
+	s.log.Debug("TOAST state store closed", "values_kept", s.kept, "keys_forgotten", s.forgotten)
 	if s.enc != nil {
 		s.enc.Close()
 	}
