@@ -22,5 +22,9 @@
 //     either the one PostgreSQL sent, or exactly the one the lake holds as
 //     the key's newest (the TOAST state store, toast.go, in step with the
 //     lake head), or NULL and named in _unchanged. Never a placeholder.
+//   - Backfill (backfill.go) writes R rows at one less than the consistent
+//     point of a temporary slot's snapshot, so that they sort after every
+//     transaction they hold and before every one they lack; its manifests
+//     are never named <16 hex>.json and never move the head or the slot.
 //   - compact never imports capture: they meet in the spool.
 package compact
