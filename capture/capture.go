@@ -132,6 +132,11 @@ type capturer struct {
 	skipping bool // the current transaction is already in the spool
 	curXid   uint32
 
+	// XLogData messages received, and when their count last changed: the
+	// stream is idle once it has not for IdleWait.
+	xlogCount, xlogSeen uint64
+	lastXLog            time.Time
+
 	// Protocol 2: the open stream block and the streamed transactions in
 	// progress.
 	inStream  bool
@@ -231,6 +236,7 @@ func (c *capturer) stream(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, rs.interrupt)
 	defer stop()
 	c.inStream = false
+	c.lastXLog = time.Now()
 	c.log.Info("streaming", "from", start.String(), "target", c.target.String(), "follow", c.cfg.Follow, "protocol", proto)
 
 	nextStatus := time.Now().Add(c.cfg.StatusInterval)
@@ -246,6 +252,9 @@ func (c *capturer) stream(ctx context.Context) error {
 				return fmt.Errorf("receive: %w", err)
 			}
 			now := time.Now()
+			if c.xlogCount != c.xlogSeen {
+				c.xlogSeen, c.lastXLog = c.xlogCount, now
+			}
 			if !now.Before(nextStatus) {
 				if err := c.sendStatus(rs, false); err != nil {
 					return err
@@ -255,10 +264,12 @@ func (c *capturer) stream(ctx context.Context) error {
 					c.cfg.Progress(c.stats)
 				}
 			}
-			if now.Sub(rs.lastData()) < c.cfg.IdleWait {
+			if now.Sub(rs.lastData()) < c.cfg.IdleWait && now.Sub(c.lastXLog) < c.cfg.IdleWait {
 				wait = tailWait // data flowed a moment ago: take the tail soon
 				continue
 			}
+			// Idle: no change for IdleWait (keepalives, which the server
+			// sends after each status update, do not count).
 			// Idle: make what we hold durable, seal when due, and ask the
 			// server for its position so a batch run can end.
 			c.log.Debug("idle", "received", c.received.String(), "server_lsn", c.serverPos.String())
@@ -323,6 +334,7 @@ func (c *capturer) handleCopyData(rs *replStream, data []byte) (done bool, err e
 	}
 	switch data[0] {
 	case pglogrepl.XLogDataByteID:
+		c.xlogCount++
 		if len(data) < 25 {
 			return false, fmt.Errorf("short XLogData message (%d bytes)", len(data))
 		}

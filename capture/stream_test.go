@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -204,4 +205,31 @@ func TestProtocolOne(t *testing.T) {
 		t.Fatalf("spooled %v transactions", len(got))
 	}
 
+}
+
+// A following capture seals its segment once it is old enough, so that a
+// compaction running beside it finds the changes.
+func TestFollowSealsByAge(t *testing.T) {
+	f := newFixture(t)
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool"), spool.Options{SegmentMaxAge: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := f.cfg
+	cfg.Follow = true
+	cfg.StatusInterval = 200 * time.Millisecond
+	cfg.IdleWait = 0 // the default
+	done := make(chan error, 1)
+	go func() { _, err := capture.Run(ctx, cfg, sp); done <- err }()
+	f.db.Exec(t, `INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g`)
+	waitFor(t, func() bool {
+		segs, _ := sp.Sealed()
+		return len(segs) > 0
+	})
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("follow stopped with %v", err)
+	}
 }
