@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"math"
+	"os"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -180,10 +181,19 @@ func (o *ops) noteSlot(h capture.SlotHealth) {
 // change captured but not yet in the lake (ok false when unknown).
 // lakeCommit is the lake's newest commit LSN when known, else 0.
 func (o *ops) noteSpool(lakeCommit pglogrepl.LSN) (time.Duration, bool) {
-	if o.sp == nil {
+	// Read-only use, and only of a spool that exists: figures must not
+	// create one.
+	if o.set.spoolDir == "" {
 		return 0, false
 	}
-	p, err := pendingOf(o.sp, lakeCommit)
+	if _, err := os.Stat(o.set.spoolDir); err != nil {
+		return 0, false
+	}
+	sp, err := spool.Open(o.set.spoolDir, spool.Options{})
+	if err != nil {
+		return 0, false
+	}
+	p, err := pendingOf(sp, lakeCommit)
 	if err != nil {
 		o.log.Debug("could not read the spool", "err", err)
 		return 0, false

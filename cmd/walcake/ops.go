@@ -14,7 +14,6 @@ import (
 
 	"github.com/wal-cake/wal-cake/capture"
 	"github.com/wal-cake/wal-cake/compact"
-	"github.com/wal-cake/wal-cake/spool"
 )
 
 // Exit codes beyond 0 (success), 1 (failure), 2 (bad configuration) and 130
@@ -100,8 +99,8 @@ type opsKey struct{}
 
 // ops is one command's operational side: the logger, metrics, progress
 // logs, slot care and the ending summary of a failed run. It travels in the
-// command's context; every method is safe on a nil *ops (a command run
-// without the wrapper).
+// command's context; the methods commands call (beforeCapture, captured,
+// compacted, captureHook, compactProgress) are safe on a nil *ops.
 type ops struct {
 	cmd     string
 	started time.Time
@@ -110,7 +109,6 @@ type ops struct {
 	log     *slog.Logger
 	metrics *metrics
 	server  *metricsServer
-	sp      *spool.Spool // read-only use: figures for metrics
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -180,11 +178,6 @@ func newOps(c *cli.Context, rt *processIO, command string) (*ops, error) {
 	}
 	o.log = slog.New(&countingHandler{Handler: log.Handler(), m: o.metrics})
 	o.metrics.gauge("walcake_build_info", "walcake's version and commit.", 1, "version", version, "commit", commit)
-	if set.spoolDir != "" && command != "setup" {
-		if sp, err := spool.Open(set.spoolDir, spool.Options{}); err == nil {
-			o.sp = sp
-		}
-	}
 	if set.metricsAddr != "" {
 		if o.server, err = serveMetrics(set.metricsAddr, o.metrics, o.log); err != nil {
 			return nil, cli.Exit(err.Error(), 2)
