@@ -52,9 +52,6 @@ func (o *ops) captureProgress(st capture.Stats) {
 		return
 	}
 	prev, since := o.lastCapSt, o.lastCapLog
-	if since.IsZero() {
-		since = o.started
-	}
 	if o.set.follow && st.Changes == prev.Changes && st.Txns == prev.Txns {
 		return // following an idle server: nothing to report
 	}
@@ -98,9 +95,6 @@ func (o *ops) compactProgress(sp *spool.Spool) func(compact.Stats) {
 			return
 		}
 		since := o.lastCompLog
-		if since.IsZero() {
-			since = o.started
-		}
 		rows := sumOps(st.Rows)
 		attrs := []any{"commits", st.Commits, "txns", st.Txns, "rows", rows,
 			"rows_per_s", perSecond(rows-o.lastCompRows, now.Sub(since)), "lsn", st.LastLSN.String()}

@@ -171,7 +171,10 @@ func newOps(c *cli.Context, rt *processIO, command string) (*ops, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &ops{cmd: command, started: time.Now(), rt: rt, set: set, metrics: newMetrics()}
+	now := time.Now()
+	// The first progress line comes one interval after the start: short
+	// runs end with their summary line alone.
+	o := &ops{cmd: command, started: now, rt: rt, set: set, metrics: newMetrics(), lastCapLog: now, lastCompLog: now}
 	log, err := buildLogger(rt.stderr, c.String("log-level"), c.String("log-format"))
 	if err != nil {
 		return nil, err
