@@ -1,6 +1,7 @@
 package compact
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/parquet-go/parquet-go"
 )
 
@@ -52,6 +54,11 @@ func backfillConnect(ctx context.Context, connString string, replication bool) (
 		cfg.RuntimeParams["replication"] = "database"
 		cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
 		what = "connect for replication"
+		// COPY sends a row per message, 8 KiB at a time: read the socket
+		// in large pieces when rows queue up, not a syscall per 8 KiB.
+		cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+			return pgproto3.NewFrontend(bufio.NewReaderSize(r, copyReadBuffer), w)
+		}
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -59,6 +66,9 @@ func backfillConnect(ctx context.Context, connString string, replication bool) (
 	}
 	return conn, nil
 }
+
+// copyReadBuffer is the read buffer of a worker's connection.
+const copyReadBuffer = 256 << 10
 
 // snapshotLSN is where the snapshot sits in commit order: every transaction
 // whose commit record starts before the consistent point is in it, every

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -88,7 +89,7 @@ func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error 
 	}
 	defer os.RemoveAll(tmp)
 
-	var copyRates, bfRates []float64
+	var copyRates, bfRates, ratios []float64
 	for i := range pairs {
 		// COPY of the whole table into io.Discard: what the server can send.
 		t0 := time.Now()
@@ -111,6 +112,7 @@ func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error 
 		if profile != nil {
 			pprof.StartCPUProfile(profile)
 		}
+		cpu0 := processCPU()
 		t0 = time.Now()
 		st, err := compact.Backfill(ctx, compact.BackfillConfig{
 			Store: store, ConnString: url, Slot: "bench", Publication: "bench",
@@ -120,20 +122,30 @@ func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error 
 			return fmt.Errorf("backfill: %w", err)
 		}
 		elapsed := time.Since(t0)
+		cpu := processCPU() - cpu0
 		if profile != nil {
 			pprof.StopCPUProfile()
 			profile = nil // the first backfill only
 		}
 		bfRate := float64(st.Rows()) / elapsed.Seconds()
 		bfRates = append(bfRates, bfRate)
+		ratios = append(ratios, bfRate/copyRate)
 		size := dirSize(lake)
-		fmt.Printf("pair %d: COPY %8.0f rows/s | backfill %8.0f rows/s (%d rows, %d chunks, %.1f MiB Parquet, %.2f s) | ratio %.2f\n",
-			i+1, copyRate, bfRate, st.Rows(), st.Tables[0].ChunksDone, float64(size)/(1<<20), elapsed.Seconds(), bfRate/copyRate)
+		fmt.Printf("pair %d: COPY %8.0f rows/s | backfill %8.0f rows/s (%d rows, %d chunks, %.1f MiB Parquet, %.2f s, %.2f CPU-s in walcake) | ratio %.2f\n",
+			i+1, copyRate, bfRate, st.Rows(), st.Tables[0].ChunksDone, float64(size)/(1<<20), elapsed.Seconds(), cpu.Seconds(), bfRate/copyRate)
 		os.RemoveAll(lake)
 	}
 	c, b := median(copyRates), median(bfRates)
-	fmt.Printf("median: COPY TO STDOUT %.0f rows/s, backfill %.0f rows/s (parallel %d, chunk rows %d): ratio %.2f\n", c, b, parallel, chunkRows, b/c)
+	fmt.Printf("median: COPY TO STDOUT %.0f rows/s, backfill %.0f rows/s (parallel %d, chunk rows %d): ratio %.2f; median of the pairs' ratios %.2f\n",
+		c, b, parallel, chunkRows, b/c, median(ratios))
 	return nil
+}
+
+// processCPU is the CPU time this process has used (user and system).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 var (
