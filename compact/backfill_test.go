@@ -473,7 +473,7 @@ func BenchmarkBackfillRows(b *testing.B) {
 // the table. Not parallel, so that no other test shares the heap.
 func TestBackfillMemoryBounded(t *testing.T) {
 	e := newBFEnv(t, `CREATE TABLE wide (id int PRIMARY KEY, a text, b text);
-		INSERT INTO wide SELECT g, repeat(md5(g::text), 24), repeat(md5((g * 7)::text), 24) FROM generate_series(1, 100000) g;`, "wide")
+		INSERT INTO wide SELECT g, repeat(md5(g::text), 24), repeat(md5((g * 7)::text), 24) FROM generate_series(1, 200000) g;`, "wide")
 	var size int64
 	e.db.QueryRow(t, "SELECT pg_table_size('wide')").Scan(&size)
 
@@ -509,10 +509,12 @@ func TestBackfillMemoryBounded(t *testing.T) {
 	grew := int64(peak.Load()) - int64(base[0].Value.Uint64())
 	t.Logf("table %d MiB, %d rows in %d chunks; live heap grew by at most %d MiB (heap objects, garbage included, peaked at %d MiB)",
 		size>>20, st.Rows(), st.Tables[0].ChunksDone, grew>>20, peakAlloc.Load()>>20)
-	if st.Rows() != 100000 {
+	if st.Rows() != 200000 {
 		t.Fatalf("rows: %d", st.Rows())
 	}
-	if limit := int64(64 << 20); grew > limit || grew > size/2 {
+	// A bound that does not depend on the table: ZSTD encoders and a few
+	// row groups in flight per worker.
+	if limit := int64(128 << 20); grew > limit || grew > size/3 {
 		t.Errorf("the heap grew by %d MiB backfilling a %d MiB table in 2,000-row chunks", grew>>20, size>>20)
 	}
 }
