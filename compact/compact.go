@@ -359,6 +359,15 @@ func (c *committer) readSegment(ctx context.Context, seg *spool.Segment, onTxn f
 		emit := func(ts *tableSchema, row parquet.Row, op string, size int) error {
 			return c.write(ctx, ts, row, op, size, t)
 		}
+		// Rows reach the file writers as text: their encoders convert them,
+		// in parallel with the decoding here. [issue 7]
+		c.dec.textEmit = func(ts *tableSchema, meta parquet.Row, vals []colValue, lsn pglogrepl.LSN, op string, size int) error {
+			fw, err := c.route(ctx, ts, op, t)
+			if err != nil {
+				return err
+			}
+			return fw.writeText(meta, vals, lsn, t.CommitLSN, size)
+		}
 		err := seg.Messages(t, func(lsn pglogrepl.LSN, msg []byte) error {
 			if len(msg) == 0 {
 				return nil
@@ -381,16 +390,26 @@ func (c *committer) readSegment(ctx context.Context, seg *spool.Segment, onTxn f
 
 // write routes one row to its table's file for the commit's day.
 func (c *committer) write(ctx context.Context, ts *tableSchema, row parquet.Row, op string, size int, t spool.Txn) error {
+	fw, err := c.route(ctx, ts, op, t)
+	if err != nil {
+		return err
+	}
+	return fw.write(row, t.CommitLSN, size)
+}
+
+// route returns the file a row of ts in transaction t goes to, and counts
+// the row.
+func (c *committer) route(ctx context.Context, ts *tableSchema, op string, t spool.Txn) (*fileWriter, error) {
 	if ts.Version == "" {
 		if err := c.assignVersion(ctx, ts, t.CommitLSN); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	k := fileKey{ts.Table, commitDay(t.CommitTime)}
 	fw := c.files[k]
 	if fw != nil && (fw.ts != ts || fw.rows >= c.cfg.MaxFileRows) {
 		if err := c.finish(fw); err != nil {
-			return err
+			return nil, err
 		}
 		fw = nil
 	}
@@ -398,13 +417,13 @@ func (c *committer) write(ctx context.Context, ts *tableSchema, row parquet.Row,
 		var err error
 		fw, err = newFileWriter(c.tmpDir, ts, k.day, c.ordinals[k])
 		if err != nil {
-			return err
+			return nil, err
 		}
 		c.ordinals[k]++
 		c.files[k] = fw
 	}
 	c.rows[op]++
-	return fw.write(row, t.CommitLSN, size)
+	return fw, nil
 }
 
 func (c *committer) finish(fw *fileWriter) error {

@@ -68,6 +68,13 @@ type decoder struct {
 	reported map[converter]uint64
 	unfilled int64 // unchanged TOAST values left NULL since takeNulled
 
+	// textEmit, when set, receives each row with its table columns still
+	// text, in place of emit: the file writer converts them on its
+	// encoders. [issue 7]
+	textEmit textEmitFunc
+	metaBuf  parquet.Row // scratch: the metadata values of a text row
+	slab     rowSlab     // memory of the rows built
+
 	msg      changeMsg  // scratch: the message being decoded
 	vals     []colValue // scratch: the row being built
 	oldVals  []colValue // scratch: the old row of a key change
@@ -121,6 +128,11 @@ type rowMeta struct {
 }
 
 type emitFunc func(ts *tableSchema, row parquet.Row, op string, size int) error
+
+// textEmitFunc receives a row as its metadata values (meta) and its table
+// columns as text (vals; nil for a truncate, every column NULL). Both are
+// valid during the call only.
+type textEmitFunc func(ts *tableSchema, meta parquet.Row, vals []colValue, lsn pglogrepl.LSN, op string, size int) error
 
 // change decodes one Insert, Update, Delete or Truncate message and emits
 // its rows. msg must stay valid and unchanged during the call only: the rows
@@ -335,8 +347,14 @@ func (d *decoder) emitRow(meta *rowMeta, lsn pglogrepl.LSN, ts *tableSchema, op 
 func (d *decoder) emitRow1(meta *rowMeta, lsn pglogrepl.LSN, ts *tableSchema, op string, vals []colValue, emit emitFunc) error {
 	txn := meta.txn
 	// The file writer keeps rows until it writes them in a batch, so each
-	// row is its own slice.
-	row := make(parquet.Row, 0, metaColumns+len(ts.Columns)+1)
+	// row is its own slice (carved from a slab: one allocation for many
+	// rows, freed once none of them is referenced).
+	var row parquet.Row
+	if d.textEmit != nil {
+		row = d.metaBuf[:0] // the file writer copies it
+	} else {
+		row = d.slab.row(metaColumns + len(ts.Columns) + 1)
+	}
 	row = append(row,
 		parquet.ByteArrayValue(opValues[op]).Level(0, 0, colOp),
 		parquet.Int64Value(int64(txn.CommitLSN)).Level(0, 0, colCommitLSN),
@@ -361,6 +379,15 @@ func (d *decoder) emitRow1(meta *rowMeta, lsn pglogrepl.LSN, ts *tableSchema, op
 	d.unfilled += int64(nUnchanged)
 
 	size := 64
+	if d.textEmit != nil {
+		// The file writer's encoders convert the text, in parallel with
+		// decoding. [issue 7]
+		d.metaBuf = row
+		for i := range vals {
+			size += len(vals[i].data)
+		}
+		return d.textEmit(ts, row, vals, lsn, op, size)
+	}
 	for i, c := range ts.Columns {
 		col := metaColumns + i
 		var err error

@@ -26,13 +26,21 @@ const (
 func metadataFields() []field {
 	return []field{
 		{"_op", parquet.String()},
-		{"_commit_lsn", parquet.Leaf(parquet.Int64Type)},
-		{"_seq", parquet.Leaf(parquet.Int64Type)},
-		{"_lsn", parquet.Leaf(parquet.Int64Type)},
-		{"_xid", parquet.Leaf(parquet.Int64Type)},
-		{"_commit_ts", parquet.TimestampAdjusted(parquet.Microsecond, true)},
+		// Runs of equal or increasing numbers: delta encoding stores them
+		// in a bit or two per row where plain stores 8 bytes before
+		// compression (a pgbench_accounts-like file is half the size, and
+		// cheaper to write). [issue 7]
+		{"_commit_lsn", deltaEncoded(parquet.Leaf(parquet.Int64Type))},
+		{"_seq", deltaEncoded(parquet.Leaf(parquet.Int64Type))},
+		{"_lsn", deltaEncoded(parquet.Leaf(parquet.Int64Type))},
+		{"_xid", deltaEncoded(parquet.Leaf(parquet.Int64Type))},
+		{"_commit_ts", deltaEncoded(parquet.TimestampAdjusted(parquet.Microsecond, true))},
 		{"_unchanged", parquet.List(parquet.String())},
 	}
+}
+
+func deltaEncoded(n parquet.Node) parquet.Node {
+	return parquet.Encoded(n, &parquet.DeltaBinaryPacked)
 }
 
 // column is one table column as of a Relation message.

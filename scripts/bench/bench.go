@@ -144,32 +144,82 @@ type measured struct {
 func runCmd(cmd *exec.Cmd) (measured, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	started := time.Now()
-	err := cmd.Run()
-	m := measured{wall: time.Since(started), stdout: stdout.String()}
-	if cmd.ProcessState != nil {
-		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-			m.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-			m.maxRSS = ru.Maxrss << 10
-		}
-	}
+	m, err := measure(cmd)
+	m.stdout = stdout.String()
 	if err != nil {
 		return m, fmt.Errorf("%s: %w\n%s", strings.Join(cmd.Args, " "), err, tail(stderr.String(), 2000))
 	}
 	return m, nil
 }
 
+// measure runs cmd and takes its wall time, CPU time and peak RSS. The peak
+// is sampled from /proc/<pid>/status (VmHWM) while it runs: the kernel's
+// ru_maxrss of a child also counts the memory of the process that started
+// it (Go starts children with vfork), here the benchmark with DuckDB.
+func measure(cmd *exec.Cmd) (measured, error) {
+	started := time.Now()
+	if err := cmd.Start(); err != nil {
+		return measured{}, err
+	}
+	name := filepath.Base(cmd.Path)
+	if len(name) > 15 {
+		name = name[:15]
+	}
+	done := make(chan struct{})
+	peak := make(chan int64, 1)
+	go func() {
+		var hwm int64
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if v, ok := vmHWM(cmd.Process.Pid, name); ok {
+				hwm = max(hwm, v)
+			}
+			select {
+			case <-done:
+				peak <- hwm
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	err := cmd.Wait()
+	close(done)
+	m := measured{wall: time.Since(started), maxRSS: <-peak}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		m.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return m, err
+}
+
+// vmHWM reads the peak resident set size of process pid once it runs the
+// program called name.
+func vmHWM(pid int, name string) (int64, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, false
+	}
+	var hwm int64
+	sameName := false
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		v = strings.TrimSpace(v)
+		switch k {
+		case "Name":
+			sameName = v == name
+		case "VmHWM":
+			fmt.Sscanf(v, "%d kB", &hwm)
+		}
+	}
+	return hwm << 10, sameName && hwm > 0
+}
+
 // runCmdVerbose is runCmd with the command's stderr passed through.
 func runCmdVerbose(cmd *exec.Cmd) (measured, error) {
 	var stdout bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
-	started := time.Now()
-	err := cmd.Run()
-	m := measured{wall: time.Since(started), stdout: stdout.String()}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		m.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-		m.maxRSS = ru.Maxrss << 10
-	}
+	m, err := measure(cmd)
+	m.stdout = stdout.String()
 	return m, err
 }
 
@@ -318,7 +368,7 @@ func rate(rows int, d time.Duration) string {
 	return fmt.Sprintf("%.0fk rows/s", float64(rows)/d.Seconds()/1000)
 }
 
-func mib(n int64) string { return fmt.Sprintf("%.0f MB", float64(n)/1e6) }
+func mib(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
 
 func human(n int) string {
 	switch {

@@ -447,18 +447,25 @@ func (b *bench) memorySection(ctx context.Context) error {
 			return fmt.Errorf("compacted %d rows, want %d", ks.rows(), n)
 		}
 		left := dirBytes(spool)
+		var segments int
 		var leftFiles []string
-		entries, _ := os.ReadDir(spool)
-		for _, e := range entries {
-			if strings.HasSuffix(e.Name(), ".seg") || strings.HasSuffix(e.Name(), ".open") || strings.HasSuffix(e.Name(), ".stream") {
-				leftFiles = append(leftFiles, e.Name())
+		filepath.Walk(spool, func(path string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				name, _ := filepath.Rel(spool, path)
+				leftFiles = append(leftFiles, fmt.Sprintf("%s %d B", name, fi.Size()))
+				if strings.HasSuffix(name, ".seg") || strings.HasSuffix(name, ".open") || strings.HasSuffix(name, ".stream") {
+					segments++
+				}
 			}
-		}
+			return nil
+		})
+
 		fmt.Printf("   %-24s %-36s %-36s %-18s %s\n", fmt.Sprintf("%s rows in 1 txn", human(n)),
 			fmt.Sprintf("%s, %.1f s, %s", mib(cm.maxRSS), cm.wall.Seconds(), rate(n, cm.wall)),
 			fmt.Sprintf("%s, %.1f s, %s", mib(km.maxRSS), km.wall.Seconds(), rate(n, km.wall)),
 			fmt.Sprintf("%.0f B (%s)", float64(spoolBytes)/float64(n), mib(spoolBytes)),
-			fmt.Sprintf("%d B, %d segment files", left, len(leftFiles)))
+			fmt.Sprintf("%d B, %d segment files", left, segments))
+		fmt.Printf("   %-24s left in the spool after compaction: %s\n", "", strings.Join(leftFiles, ", "))
 		os.RemoveAll(spool)
 		os.RemoveAll(filepath.Join(b.work, table+"-lake"))
 		if err := b.dropSlots(ctx, slot); err != nil {
