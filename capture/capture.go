@@ -453,6 +453,14 @@ func (c *capturer) handleMessage(lsn pglogrepl.LSN, msg []byte) (done bool, err 
 		}
 		counts := c.streams[sc.Xid]
 		delete(c.streams, sc.Xid)
+		if counts != nil {
+			// The server counts a committed stream's Relation messages as
+			// sent for the session and does not repeat them: later
+			// segments must start with them.
+			for _, rel := range counts.relations {
+				c.w.Relation(binary.BigEndian.Uint32(rel[1:5]), rel)
+			}
+		}
 		if held := c.w.Held(); held.CommitLSN != 0 && sc.CommitLSN <= held.CommitLSN {
 			c.stats.Skipped++
 			if err := c.w.StreamAbort(sc.Xid, sc.Xid); err != nil {
@@ -488,6 +496,7 @@ func (c *capturer) handleMessage(lsn pglogrepl.LSN, msg []byte) (done bool, err 
 // run's when it commits.
 type streamCounts struct {
 	changes, bytes int64
+	relations      [][]byte // its Relation messages, protocol 1 layout
 }
 
 // handleStreamed stores one message of an open stream block (protocol 2).
@@ -511,6 +520,9 @@ func (c *capturer) handleStreamed(lsn pglogrepl.LSN, msg []byte) error {
 		// Kept whatever subtransaction sent it: the server does not send a
 		// relation twice in one streamed transaction.
 		c.cur.bytes += int64(len(msg) - 4)
+		if typ == pglogrepl.MessageTypeRelation && len(msg) >= 9 {
+			c.cur.relations = append(c.cur.relations, append([]byte{msg[0]}, msg[5:]...))
+		}
 		return c.w.StreamAppend(c.streamXid, lsn, msg[0], msg[5:])
 	case pglogrepl.MessageTypeStreamStop:
 		c.inStream, c.cur = false, nil
