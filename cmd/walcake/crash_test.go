@@ -868,6 +868,7 @@ func (c *chaos) follow(p plan) {
 	capture := c.e.spawn("capture", "--follow", "--status-interval", "200ms")
 	for i, cp := range p.compacts {
 		time.Sleep(p.gaps[i])
+		cp.s3 = p.s3 // the proxy's rule for the whole action
 		c.runOne(cp, len(p.s3.Faults) > 0)
 	}
 	if rest := p.killAfter - time.Since(started); rest > 0 {
