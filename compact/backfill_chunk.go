@@ -121,7 +121,6 @@ type bfWorker struct {
 	conn  *pgx.Conn
 	cat   *catalog
 	slots int // temporary slots created, for unique names
-	rows  []parquet.Row
 
 	committing chan error // the previous chunk's commit, when in flight
 }
@@ -290,9 +289,6 @@ func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err err
 		}
 	}
 	rd.rows = rw.n
-	if n := nulledValues(ts); n > 0 {
-		w.b.log.Warn("values that Parquet cannot hold were written as NULL (see docs/types.md)", "table", t.name, "chunk", ch.plan.Chunk, "values", n)
-	}
 	if rd.rows == 0 {
 		return rd, nil // no file: fw is aborted
 	}
@@ -300,6 +296,11 @@ func (w *bfWorker) read(ctx context.Context, ch *bfChunk) (rd chunkRead, err err
 	ok = true
 	if err != nil {
 		return rd, err
+	}
+	// Counted by the converters, which have all run once the file is
+	// finished.
+	if n := nulledValues(ts); n > 0 {
+		w.b.log.Warn("values that Parquet cannot hold were written as NULL (see docs/types.md)", "table", t.name, "chunk", ch.plan.Chunk, "values", n)
 	}
 	w.b.log.Debug("chunk read", "table", t.name, "chunk", ch.plan.Chunk, "rows", rd.rows, "snapshot_lsn", rd.consistent.String(),
 		"snapshot_s", roundSeconds(snapped.Sub(started)), "copy_s", roundSeconds(copied.Sub(snapped)),
@@ -420,27 +421,26 @@ func (t *bfTable) version(ctx context.Context, store Store, ts *tableSchema, at 
 	return nil
 }
 
-// chunkRowWriter turns COPY rows into lake rows.
+// chunkRowWriter hands COPY rows to the file writer as text: its encoders
+// convert them with the type map, in parallel with the reading here.
 type chunkRowWriter struct {
-	w      *bfWorker
-	t      *bfTable
-	ts     *tableSchema
-	fw     *fileWriter
-	commit pglogrepl.LSN
-	meta   [metaColumns]parquet.Value // _seq is set per row
-	seq    int64                      // the file ordinal in the high 32 bits
-	n      int64
-	ring   int // rows of w.rows in the file writer's pending batch
+	t          *bfTable
+	ts         *tableSchema
+	fw         *fileWriter
+	commit     pglogrepl.LSN
+	consistent pglogrepl.LSN
+	meta       [metaColumns]parquet.Value // _seq is set per row
+	vals       []colValue
+	seq        int64 // the file ordinal in the high 32 bits
+	n          int64
+	counted    int64 // rows added to the table's progress
 }
 
 var opSnapshot = []byte("R")
 
-// rowRing is how many rows are built before the file writer is made to
-// write them out, so that their memory can be reused.
-const rowRing = 256
-
 func (w *bfWorker) rowWriter(t *bfTable, ts *tableSchema, fw *fileWriter, rd chunkRead, ordinal int) *chunkRowWriter {
-	rw := &chunkRowWriter{w: w, t: t, ts: ts, fw: fw, commit: rd.commit, seq: int64(ordinal) << 32}
+	rw := &chunkRowWriter{t: t, ts: ts, fw: fw, commit: rd.commit, consistent: rd.consistent,
+		seq: int64(ordinal) << 32, vals: make([]colValue, len(ts.Columns))}
 	rw.meta = [metaColumns]parquet.Value{
 		parquet.ByteArrayValue(opSnapshot).Level(0, 0, colOp),
 		parquet.Int64Value(int64(rd.commit)).Level(0, 0, colCommitLSN),
@@ -449,9 +449,6 @@ func (w *bfWorker) rowWriter(t *bfTable, ts *tableSchema, fw *fileWriter, rd chu
 		parquet.Int64Value(0).Level(0, 0, colXid),
 		parquet.Int64Value(rd.at.UnixMicro()).Level(0, 0, colCommitTS),
 		parquet.NullValue().Level(0, 0, colUnchanged),
-	}
-	if len(w.rows) < rowRing {
-		w.rows = make([]parquet.Row, rowRing)
 	}
 	return rw
 }
@@ -475,35 +472,27 @@ func (rw *chunkRowWriter) row(fields [][]byte, nulls []bool) error {
 	if rw.n >= 1<<32 {
 		return errChunkTooLarge
 	}
-	row := rw.w.rows[rw.ring][:0]
-	row = append(row, rw.meta[:]...)
-	row[colSeq] = parquet.Int64Value(rw.seq+rw.n).Level(0, 0, colSeq)
+	rw.meta[colSeq] = parquet.Int64Value(rw.seq+rw.n).Level(0, 0, colSeq)
 	size := 64
-	for i := range rw.ts.Columns {
-		c := &rw.ts.Columns[i]
-		var err error
-		row, err = c.conv.appendText(row, fields[i], nulls[i], metaColumns+i)
-		if err != nil {
-			return fmt.Errorf("column %s: %w", c.Name, err)
-		}
+	for i := range rw.vals {
+		rw.vals[i] = colValue{data: fields[i], null: nulls[i]}
 		size += len(fields[i])
 	}
-	rw.w.rows[rw.ring] = row
-	if err := rw.fw.write(row, rw.commit, size); err != nil {
+	// writeText copies the values: the decoder may reuse fields at once.
+	if err := rw.fw.writeText(rw.meta[:], rw.vals, rw.consistent, rw.commit, size); err != nil {
 		return err
 	}
 	rw.n++
-	rw.ring++
-	if rw.ring == rowRing {
-		return rw.flush()
+	if rw.n-rw.counted == 1024 {
+		rw.flush()
 	}
 	return nil
 }
 
-// flush makes the file writer copy the pending rows, so that their slices
-// can be reused.
+// flush counts the rows written since the last call in the table's
+// progress.
 func (rw *chunkRowWriter) flush() error {
-	rw.t.rows.Add(int64(rw.ring))
-	rw.ring = 0
-	return rw.fw.flushBatch()
+	rw.t.rows.Add(rw.n - rw.counted)
+	rw.counted = rw.n
+	return nil
 }
