@@ -143,6 +143,41 @@ type capturer struct {
 	streamXid uint32
 	cur       *streamCounts
 	streams   map[uint32]*streamCounts
+
+	// Reply-requested keepalives in a row with no XLogData between them,
+	// and when the row began (see shutdownSpin).
+	pings     int
+	pingStart time.Time
+	pingXLog  uint64
+}
+
+// A server shutting down (pg_ctl stop -m fast or smart) lets a walsender
+// exit only once its client confirms every WAL byte sent. Capture confirms
+// only what the lake holds, so while its spool holds changes the lake lacks
+// the walsender asks again the moment each reply arrives, and the shutdown
+// waits forever (compaction cannot connect to a server shutting down). A
+// burst of drainPings reply-requested keepalives within drainWindow with no
+// data between them is that loop: capture then ends the stream, which lets
+// the walsender exit, and reconnects with backoff. A healthy walsender asks
+// at most once per wal_sender_timeout/2 (30 s by default).
+const (
+	drainPings  = 20
+	drainWindow = time.Second
+)
+
+// errServerDraining ends a stream whose server is shutting down; it is
+// retried like a lost connection.
+var errServerDraining = errors.New("server is shutting down and waits for a confirmation the lake does not allow yet; disconnecting")
+
+// shutdownSpin counts a reply-requested keepalive and reports whether it
+// completes a shutdown burst.
+func (c *capturer) shutdownSpin() bool {
+	now := time.Now()
+	if c.xlogCount != c.pingXLog || now.Sub(c.pingStart) > drainWindow {
+		c.pings, c.pingStart, c.pingXLog = 0, now, c.xlogCount
+	}
+	c.pings++
+	return c.pings >= drainPings
 }
 
 func (c *capturer) run(ctx context.Context) error {
@@ -349,6 +384,9 @@ func (c *capturer) handleCopyData(rs *replStream, data []byte) (done bool, err e
 		}
 		c.noteServerPos(pglogrepl.LSN(binary.BigEndian.Uint64(data[1:9])))
 		if data[17] != 0 {
+			if c.shutdownSpin() {
+				return false, errServerDraining
+			}
 			if err := c.sendStatus(rs, false); err != nil {
 				return false, err
 			}

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -85,6 +87,9 @@ func retriable(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
+	if errors.Is(err, errServerDraining) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
@@ -122,6 +127,8 @@ const (
 	writeTimeout   = 30 * time.Second
 )
 
+var dbgLowWater = lowWater
+
 // replStream is a replication connection in COPY BOTH mode, taken over from
 // pgconn after START_REPLICATION is sent: per message, pgconn's context
 // handling costs more than the message. It is owned by one goroutine.
@@ -154,7 +161,7 @@ func (r *bulkReader) Read(p []byte) (int, error) {
 	if n > 0 {
 		r.last = time.Now()
 		if r.s.lowat == 1 {
-			r.s.setLowWater(lowWater)
+			r.s.setLowWater(dbgLowWater)
 		}
 	}
 	return n, err
@@ -196,7 +203,13 @@ func startReplication(ctx context.Context, conn *pgconn.PgConn, slot string, sta
 		}
 		switch typ {
 		case 'W': // CopyBothResponse: streaming starts
-			s.setLowWater(lowWater)
+			if v, err := strconv.Atoi(os.Getenv("WALCAKE_DEBUG_LOWAT")); err == nil {
+				dbgLowWater = v
+			}
+			if v, err := strconv.Atoi(os.Getenv("WALCAKE_DEBUG_RCVBUF")); err == nil && s.raw != nil {
+				s.raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, v) })
+			}
+			s.setLowWater(dbgLowWater)
 			return s, nil
 		case 'E':
 			s.close()

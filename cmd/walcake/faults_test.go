@@ -421,10 +421,6 @@ func (e *env) lakeLastCommit() pglogrepl.LSN {
 // pgFault is a way to disturb walcake's PostgreSQL connections.
 type pgFault struct {
 	name string
-	// knownBug, when set, names a bug that makes the fault fail capture
-	// --follow; TestPostgresFaultsFollow skips the fault unless
-	// WALCAKE_TEST_KNOWN_BUGS=1.
-	knownBug string
 	// setup prepares the env (say, routes its connections through a
 	// proxy) and returns the function that injects the fault once.
 	setup func(t *testing.T, e *env) func()
@@ -459,10 +455,9 @@ var pgFaults = []pgFault{
 	{
 		// A clean restart: pg_ctl restart -m fast. PostgreSQL lets a
 		// walsender exit at shutdown only once its client confirms all WAL
-		// sent; capture --follow holding changes the lake lacks cannot, so
-		// the shutdown waits for it (see knownBug).
-		name:     "server restarted",
-		knownBug: "capture --follow blocks a fast shutdown while its spool holds changes the lake lacks",
+		// sent; capture --follow holding changes the lake lacks cannot, and
+		// must disconnect for the shutdown to finish.
+		name: "server restarted",
 		setup: func(t *testing.T, e *env) func() {
 			var last int32
 			return func() {
@@ -500,9 +495,6 @@ var pgFaults = []pgFault{
 func TestPostgresFaultsFollow(t *testing.T) {
 	for _, f := range pgFaults {
 		t.Run(f.name, func(t *testing.T) {
-			if f.knownBug != "" && os.Getenv("WALCAKE_TEST_KNOWN_BUGS") != "1" {
-				t.Skipf("known bug: %s (WALCAKE_TEST_KNOWN_BUGS=1 runs it)", f.knownBug)
-			}
 			e := newProtoEnv(t)
 			inject := f.setup(t, e)
 			capture := e.spawn("capture", "--follow", "--status-interval", "200ms", "--segment-max-age", "300ms")
