@@ -20,6 +20,8 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -82,6 +84,14 @@ func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error 
 		}
 	}
 	fmt.Printf("loaded %d rows in %.1f s\n", rows, time.Since(started).Seconds())
+	pidText, err := os.ReadFile(filepath.Join(srv.Dir, "data", "postmaster.pid"))
+	if err != nil {
+		return err
+	}
+	postmaster, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(pidText), "\n", 2)[0]))
+	if err != nil {
+		return fmt.Errorf("postmaster.pid: %w", err)
+	}
 
 	tmp, err := os.MkdirTemp("", "bench-backfill-*")
 	if err != nil {
@@ -89,9 +99,10 @@ func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error 
 	}
 	defer os.RemoveAll(tmp)
 
-	var copyRates, bfRates, ratios []float64
+	var copyRates, bfRates, ratios, idleRatios []float64
 	for i := range pairs {
 		// COPY of the whole table into io.Discard: what the server can send.
+		srv0 := serverCPU(postmaster)
 		t0 := time.Now()
 		tag, err := conn.PgConn().CopyTo(ctx, io.Discard, "COPY pgbench_accounts TO STDOUT")
 		if err != nil {
@@ -99,6 +110,7 @@ func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error 
 		}
 		copyRate := float64(tag.RowsAffected()) / time.Since(t0).Seconds()
 		copyRates = append(copyRates, copyRate)
+		copyCPU := serverCPU(postmaster) - srv0
 
 		lake := filepath.Join(tmp, fmt.Sprintf("lake-%d", i))
 		store, err := upload.NewDir(lake)
@@ -112,7 +124,7 @@ func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error 
 		if profile != nil {
 			pprof.StartCPUProfile(profile)
 		}
-		cpu0 := processCPU()
+		cpu0, srv0 := processCPU(), serverCPU(postmaster)
 		t0 = time.Now()
 		st, err := compact.Backfill(ctx, compact.BackfillConfig{
 			Store: store, ConnString: url, Slot: "bench", Publication: "bench",
@@ -122,7 +134,11 @@ func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error 
 			return fmt.Errorf("backfill: %w", err)
 		}
 		elapsed := time.Since(t0)
-		cpu := processCPU() - cpu0
+		cpu, srvCPU := processCPU()-cpu0, serverCPU(postmaster)-srv0
+		// Were the machine idle, the backfill would take at least its CPU
+		// time spread over the cores, and COPY its server's CPU time.
+		idle := (cpu + srvCPU).Seconds() / float64(runtime.NumCPU())
+		idleRatios = append(idleRatios, copyCPU.Seconds()/idle)
 		if profile != nil {
 			pprof.StopCPUProfile()
 			profile = nil // the first backfill only
@@ -131,15 +147,78 @@ func run(ctx context.Context, rows, pairs, parallel int, chunkRows int64) error 
 		bfRates = append(bfRates, bfRate)
 		ratios = append(ratios, bfRate/copyRate)
 		size := dirSize(lake)
-		fmt.Printf("pair %d: COPY %8.0f rows/s | backfill %8.0f rows/s (%d rows, %d chunks, %.1f MiB Parquet, %.2f s, %.2f CPU-s in walcake) | ratio %.2f\n",
-			i+1, copyRate, bfRate, st.Rows(), st.Tables[0].ChunksDone, float64(size)/(1<<20), elapsed.Seconds(), cpu.Seconds(), bfRate/copyRate)
+		fmt.Printf("pair %d: COPY %8.0f rows/s (server %.2f CPU-s) | backfill %8.0f rows/s (%d rows, %d chunks, %.1f MiB Parquet, %.2f s; CPU-s: walcake %.2f, server %.2f) | ratio %.2f (CPU-bound on idle cores: %.2f)\n",
+			i+1, copyRate, copyCPU.Seconds(), bfRate, st.Rows(), st.Tables[0].ChunksDone, float64(size)/(1<<20), elapsed.Seconds(), cpu.Seconds(), srvCPU.Seconds(), bfRate/copyRate, idleRatios[len(idleRatios)-1])
 		os.RemoveAll(lake)
 	}
 	c, b := median(copyRates), median(bfRates)
 	fmt.Printf("median: COPY TO STDOUT %.0f rows/s, backfill %.0f rows/s (parallel %d, chunk rows %d): ratio %.2f; median of the pairs' ratios %.2f\n",
 		c, b, parallel, chunkRows, b/c, median(ratios))
+	fmt.Printf("CPU-bound estimate for %d idle cores (COPY's server CPU time / the backfill's CPU time over the cores), median: %.2f\n", runtime.NumCPU(), median(idleRatios))
 	return nil
 }
+
+// serverCPU is the CPU time the PostgreSQL server has used: the postmaster
+// with the children it has reaped (backends that ended) and its live
+// children. Unlike wall time, it does not depend on what else the machine
+// runs.
+func serverCPU(postmaster int) time.Duration {
+	total := procCPU(postmaster, true)
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == postmaster {
+			continue
+		}
+		if ppid, ok := procParent(pid); ok && ppid == postmaster {
+			total += procCPU(pid, false)
+		}
+	}
+	return total
+}
+
+// procStat returns the fields of /proc/pid/stat after the command name.
+func procStat(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+func procParent(pid int) (int, bool) {
+	f := procStat(pid)
+	if len(f) < 2 {
+		return 0, false
+	}
+	ppid, err := strconv.Atoi(f[1])
+	return ppid, err == nil
+}
+
+// procCPU is a process's user and system time (with its reaped children's).
+func procCPU(pid int, children bool) time.Duration {
+	f := procStat(pid)
+	if len(f) < 15 {
+		return 0
+	}
+	n := 2 // utime, stime: fields 14 and 15 of stat, 12 and 13 here
+	if children {
+		n = 4 // and cutime, cstime
+	}
+	var ticks int64
+	for _, v := range f[11 : 11+n] {
+		t, _ := strconv.ParseInt(v, 10, 64)
+		ticks += t
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc times (100 on Linux).
+const clockTicks = 100
 
 // processCPU is the CPU time this process has used (user and system).
 func processCPU() time.Duration {
