@@ -194,10 +194,20 @@ func (b *backfiller) planKeyed(ctx context.Context, conn *pgx.Conn, t *bfTable, 
 	if last != nil {
 		n, lo = last.Chunk+1, last.Hi
 	}
+	// Bounds from a sample of the table's blocks when it is large, else (and
+	// once the sample's bounds are used up) from a walk over the key index.
+	sampled, err := t.sampledBounds(ctx, conn, lo, b.cfg.ChunkRows)
+	if err != nil {
+		return err
+	}
 	for last == nil || last.Hi != nil {
-		hi, err := t.nextBound(ctx, conn, lo, b.cfg.ChunkRows)
-		if err != nil {
-			return err
+		var hi []string
+		if len(sampled) > 0 {
+			hi, sampled = sampled[0], sampled[1:]
+		} else if !t.sampledToEnd {
+			if hi, err = t.nextBound(ctx, conn, lo, b.cfg.ChunkRows); err != nil {
+				return err
+			}
 		}
 		plan := bfChunkPlan{Chunk: n, Lo: lo, Hi: hi}
 		if err := putJSON(ctx, store, chunkKey(t.name, run, n, ""), plan); err != nil {

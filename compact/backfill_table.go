@@ -46,6 +46,10 @@ type bfTable struct {
 	reads       int
 	readsClosed bool
 
+	// sampledToEnd: the sample's bounds cover the table to its end; after
+	// the last one, one chunk takes the rest. Planner only.
+	sampledToEnd bool
+
 	mu        sync.Mutex
 	versions  map[string]string // schema fingerprint → lake version
 	planned   int               // chunks handed out (or found done)
@@ -402,4 +406,74 @@ func (t *bfTable) nextBound(ctx context.Context, conn *pgx.Conn, lo []string, ch
 		return nil, nil
 	}
 	return bound, nil
+}
+
+// Sampled planning: a table much larger than a chunk gets its bounds from a
+// sample of its blocks (TABLESAMPLE SYSTEM), which reads a fraction of a
+// percent of it, instead of a walk over its whole key index, which on a
+// table being written also visits the heap. Chunks then hold about
+// ChunkRows rows rather than exactly.
+const (
+	samplesPerChunk = 1000 // sampled rows per chunk: the bounds' precision
+	maxSamplePct    = 10   // above this, the walk is about as cheap
+)
+
+// sampledBounds returns chunk bounds above lo from a sample of the table, in
+// key order, or none when the table is small or its size unknown (the
+// caller walks the index then).
+func (t *bfTable) sampledBounds(ctx context.Context, conn *pgx.Conn, lo []string, chunkRows int64) ([][]string, error) {
+	if t.estRows < 4*chunkRows || t.relpages <= 0 || t.relkind == 'p' {
+		return nil, nil
+	}
+	pct := 100 * float64(samplesPerChunk) / float64(chunkRows)
+	if pct > maxSamplePct {
+		return nil, nil
+	}
+	cols := make([]string, len(t.keys))
+	for i, k := range t.keys {
+		cols[i] = "t." + pgx.Identifier{k.name}.Sanitize()
+	}
+	args := []any{pct}
+	where := ""
+	if lo != nil {
+		params := make([]string, len(lo))
+		for i, v := range lo {
+			args = append(args, v)
+			params[i] = fmt.Sprintf("$%d::text::%s", i+2, t.keys[i].typ)
+		}
+		where = " WHERE (" + strings.Join(cols, ", ") + ") > (" + strings.Join(params, ", ") + ")"
+	}
+	q := fmt.Sprintf("SELECT %s::text FROM %s AS t TABLESAMPLE SYSTEM ($1::float8)%s ORDER BY %s",
+		strings.Join(cols, "::text, "), t.from(), where, strings.Join(cols, ", "))
+	rows, err := conn.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sample the keys of %s: %w", t.name, err)
+	}
+	var sample [][]string
+	for rows.Next() {
+		key := make([]string, len(t.keys))
+		ptrs := make([]any, len(key))
+		for i := range key {
+			ptrs[i] = &key[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("sample the keys of %s: %w", t.name, err)
+		}
+		sample = append(sample, key)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sample the keys of %s: %w", t.name, err)
+	}
+	// Each sampled row stands for 100/pct rows of the table.
+	step := max(1, int(float64(chunkRows)*pct/100))
+	if len(sample) < 2*step {
+		return nil, nil // too few rows above lo: walk
+	}
+	var bounds [][]string
+	for i := step - 1; i < len(sample)-step/2; i += step {
+		bounds = append(bounds, sample[i])
+	}
+	t.sampledToEnd = true
+	return bounds, nil
 }

@@ -568,3 +568,27 @@ func TestBackfillRecreatedTable(t *testing.T) {
 		t.Errorf("the interrupted run: %+v, %v", r, err)
 	}
 }
+
+// TestBackfillSampledPlan: a table of many chunks gets its bounds from a
+// sample of its blocks; chunks hold about --chunk-rows rows, and every row
+// is read once.
+func TestBackfillSampledPlan(t *testing.T) {
+	t.Parallel()
+	e := newBFEnv(t, `CREATE TABLE s (k text PRIMARY KEY, v int);
+		INSERT INTO s SELECT md5(g::text), g FROM generate_series(1, 100000) g;`, "s")
+	e.db.Exec(t, "ANALYZE s")
+	st := e.backfill(t, func(c *BackfillConfig) { c.ChunkRows = 10000 })
+	if tb := st.Tables[0]; tb.Rows != 100000 || tb.ChunksDone < 6 || tb.ChunksDone > 16 {
+		t.Errorf("stats: %+v", tb)
+	}
+	ddb := duck.Open(t)
+	src := fmt.Sprintf("read_parquet('%s', union_by_name=true, hive_partitioning=false)", e.glob("public.s"))
+	rows := duck.Rows(t, ddb, "SELECT count(*), count(DISTINCT k), min(n), max(n) FROM (SELECT k, count(*) OVER (PARTITION BY _seq >> 32) AS n FROM "+src+")")
+	got := rowStrings(rows)[0]
+	var n, distinct, smallest, largest int64
+	fmt.Sscanf(strings.ReplaceAll(got, "|", " "), "%d %d %d %d", &n, &distinct, &smallest, &largest)
+	t.Logf("rows, keys, smallest and largest chunk: %s", got)
+	if n != 100000 || distinct != 100000 || smallest < 2000 || largest > 30000 {
+		t.Errorf("rows, keys, smallest and largest chunk: %s", got)
+	}
+}
