@@ -40,11 +40,7 @@ var backfillSession = map[string]string{
 func backfillConnect(ctx context.Context, connString string, replication bool) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(connString)
 	if err != nil {
-		var pe *pgconn.ParseConfigError
-		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("parse PG_CONN_STRING: %s", pe.Unwrap())
-		}
-		return nil, fmt.Errorf("parse PG_CONN_STRING: %w", err)
+		return nil, fmt.Errorf("parse PG_CONN_STRING: %w", connStringError(err))
 	}
 	for k, v := range backfillSession {
 		cfg.RuntimeParams[k] = v

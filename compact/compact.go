@@ -190,11 +190,7 @@ func batchLen(segs []spool.SegmentInfo, maxBytes int64) int {
 func connect(ctx context.Context, connString string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(connString)
 	if err != nil {
-		var pe *pgconn.ParseConfigError
-		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("parse PG_CONN_STRING: %s", pe.Unwrap())
-		}
-		return nil, fmt.Errorf("parse PG_CONN_STRING: %w", err)
+		return nil, fmt.Errorf("parse PG_CONN_STRING: %w", connStringError(err))
 	}
 	cfg.RuntimeParams["application_name"] = "walcake"
 	conn, err := pgx.ConnectConfig(ctx, cfg)
@@ -202,6 +198,24 @@ func connect(ctx context.Context, connString string) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	return conn, nil
+}
+
+// connStringError keeps what pgconn says is wrong with a connection string,
+// without the string itself (which may hold a password pgconn could not
+// redact in a string it cannot parse).
+func connStringError(err error) error {
+	var pe *pgconn.ParseConfigError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	if inner := pe.Unwrap(); inner != nil {
+		return inner
+	}
+	msg := pe.Error() // "cannot parse `<string>`: <what is wrong>"
+	if i := strings.LastIndex(msg, "`: "); i >= 0 {
+		return errors.New(msg[i+3:])
+	}
+	return errors.New("invalid connection string")
 }
 
 func cleanDir(dir string) {

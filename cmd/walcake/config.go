@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -160,6 +161,12 @@ func connString(c *cli.Context) (string, error) {
 }
 
 func openSpool(c *cli.Context) (*spool.Spool, error) {
+	// The default, ./spool, is also the name of wal-cake's own spool
+	// package: run from a checkout, walcake would write into (and a clean-up
+	// would delete) source code. Refuse a directory that holds Go sources.
+	if src, _ := filepath.Glob(filepath.Join(c.String("spool-dir"), "*.go")); len(src) > 0 {
+		return nil, cli.Exit(fmt.Sprintf("SPOOL_DIR %s holds Go source files (%s): it is a source directory, not a spool; set SPOOL_DIR or --spool-dir", c.String("spool-dir"), filepath.Base(src[0])), 2)
+	}
 	sp, err := spool.Open(c.String("spool-dir"), spool.Options{
 		SegmentMaxAge: c.Duration("segment-max-age"), // zero (commands without the flag): the default
 		BeforeWrite:   spoolFaultFromEnv(),
