@@ -276,6 +276,7 @@ func (c *capturer) stream(ctx context.Context) error {
 
 	nextStatus := time.Now().Add(c.cfg.StatusInterval)
 	askedServer := false
+	var lastIdle time.Time
 	wait := tailWait
 	for n := 1; ; n++ {
 		typ, body, err := rs.next(wait)
@@ -286,27 +287,60 @@ func (c *capturer) stream(ctx context.Context) error {
 			if !isTimeout(err) {
 				return fmt.Errorf("receive: %w", err)
 			}
-			now := time.Now()
-			if c.xlogCount != c.xlogSeen {
-				c.xlogSeen, c.lastXLog = c.xlogCount, now
-			}
-			if !now.Before(nextStatus) {
-				if err := c.sendStatus(rs, false); err != nil {
+		} else {
+			switch typ {
+			case 'd': // CopyData
+				done, err := c.handleCopyData(rs, body)
+				if err != nil {
 					return err
 				}
-				nextStatus = now.Add(c.cfg.StatusInterval)
-				if c.cfg.Progress != nil {
-					c.cfg.Progress(c.stats)
+				if done {
+					c.caughtUp = true
+					c.log.Debug("caught up", "server_lsn", c.serverPos.String(), "txns", c.stats.Txns, "changes", c.stats.Changes)
+					return c.sendStatus(rs, false)
+				}
+			case 'E':
+				return pgError(body)
+			case 'c':
+				return errors.New("server ended the replication stream")
+			default:
+				// NoticeResponse, ParameterStatus: nothing to do.
+			}
+			if typ == 'd' && len(body) > 0 && body[0] == pglogrepl.XLogDataByteID {
+				// Changes flow: take the tail of a burst soon, and keep
+				// the housekeeping below off the hot path.
+				wait = tailWait
+				if n%1024 != 0 {
+					continue
 				}
 			}
-			if now.Sub(rs.lastData()) < c.cfg.IdleWait && now.Sub(c.lastXLog) < c.cfg.IdleWait {
-				wait = tailWait // data flowed a moment ago: take the tail soon
-				continue
+		}
+
+		// A read timed out, a keepalive came, or another 1024 messages
+		// passed: status updates and, once no change has come for
+		// IdleWait, the idle work.
+		now := time.Now()
+		if c.xlogCount != c.xlogSeen {
+			c.xlogSeen, c.lastXLog = c.xlogCount, now
+		}
+		if !now.Before(nextStatus) {
+			if err := c.sendStatus(rs, false); err != nil {
+				return err
 			}
-			// Idle: no change for IdleWait (keepalives, which the server
-			// sends after each status update, do not count).
-			// Idle: make what we hold durable, seal when due, and ask the
-			// server for its position so a batch run can end.
+			nextStatus = now.Add(c.cfg.StatusInterval)
+			if c.cfg.Progress != nil {
+				c.cfg.Progress(c.stats)
+			}
+		}
+		if now.Sub(c.lastXLog) < c.cfg.IdleWait {
+			continue // changes flowed a moment ago
+		}
+		// Idle: no change for IdleWait (keepalives, which the server sends
+		// after each status update, do not count). At most once per
+		// IdleWait: make what we hold durable, seal when due, and ask the
+		// server for its position so a batch run can end.
+		if now.Sub(lastIdle) >= c.cfg.IdleWait {
+			lastIdle = now
 			c.log.Debug("idle", "received", c.received.String(), "server_lsn", c.serverPos.String())
 			if err := c.idle(); err != nil {
 				return err
@@ -318,37 +352,8 @@ func (c *capturer) stream(ctx context.Context) error {
 				askedServer = true
 			}
 			rs.idle()
-			wait = max(min(c.cfg.IdleWait, time.Until(nextStatus)), tailWait)
-			continue
 		}
-		wait = tailWait
-		switch typ {
-		case 'd': // CopyData
-			done, err := c.handleCopyData(rs, body)
-			if err != nil {
-				return err
-			}
-			if done {
-				c.caughtUp = true
-				c.log.Debug("caught up", "server_lsn", c.serverPos.String(), "txns", c.stats.Txns, "changes", c.stats.Changes)
-				return c.sendStatus(rs, false)
-			}
-		case 'E':
-			return pgError(body)
-		case 'c':
-			return errors.New("server ended the replication stream")
-		default:
-			// NoticeResponse, ParameterStatus: nothing to do.
-		}
-		if n%1024 == 0 && time.Now().After(nextStatus) {
-			if err := c.sendStatus(rs, false); err != nil {
-				return err
-			}
-			nextStatus = time.Now().Add(c.cfg.StatusInterval)
-			if c.cfg.Progress != nil {
-				c.cfg.Progress(c.stats)
-			}
-		}
+		wait = max(min(c.cfg.IdleWait-time.Since(lastIdle), time.Until(nextStatus)), tailWait)
 	}
 }
 

@@ -9,9 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -127,8 +125,6 @@ const (
 	writeTimeout   = 30 * time.Second
 )
 
-var dbgLowWater = lowWater
-
 // replStream is a replication connection in COPY BOTH mode, taken over from
 // pgconn after START_REPLICATION is sent: per message, pgconn's context
 // handling costs more than the message. It is owned by one goroutine.
@@ -161,7 +157,7 @@ func (r *bulkReader) Read(p []byte) (int, error) {
 	if n > 0 {
 		r.last = time.Now()
 		if r.s.lowat == 1 {
-			r.s.setLowWater(dbgLowWater)
+			r.s.setLowWater(lowWater)
 		}
 	}
 	return n, err
@@ -203,13 +199,7 @@ func startReplication(ctx context.Context, conn *pgconn.PgConn, slot string, sta
 		}
 		switch typ {
 		case 'W': // CopyBothResponse: streaming starts
-			if v, err := strconv.Atoi(os.Getenv("WALCAKE_DEBUG_LOWAT")); err == nil {
-				dbgLowWater = v
-			}
-			if v, err := strconv.Atoi(os.Getenv("WALCAKE_DEBUG_RCVBUF")); err == nil && s.raw != nil {
-				s.raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, v) })
-			}
-			s.setLowWater(dbgLowWater)
+			s.setLowWater(lowWater)
 			return s, nil
 		case 'E':
 			s.close()

@@ -107,7 +107,7 @@ func TestSignalTwiceAndShutdownBound(t *testing.T) {
 		want string
 	}{
 		{"second signal", []string{"compact"}, 2, "received terminated again, exiting now"},
-		{"shutdown bound", []string{"--shutdown-timeout", "100ms", "compact"}, 1, "still stopping after 100ms, exiting now"},
+		{"shutdown bound", []string{"--shutdown-timeout", "20ms", "compact"}, 1, "still stopping after 20ms, exiting now"},
 	} {
 		p := e.start(tc.args...)
 		time.Sleep(300 * time.Millisecond) // into the transaction's rows
