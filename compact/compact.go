@@ -260,12 +260,14 @@ type committer struct {
 	done       []finishedFile
 	newSchemas []schemaDoc
 	rows       map[string]int64
+	lastRoute  routeCache
 }
 
 // commit writes one lake commit from a batch of segments.
 func (c *committer) commit(ctx context.Context, batch []spool.SegmentInfo) (err error) {
 	started := time.Now()
 	c.files = map[fileKey]*fileWriter{}
+	c.lastRoute = routeCache{}
 	c.ordinals = map[fileKey]int{}
 	c.done = nil
 	c.newSchemas = nil
@@ -414,6 +416,10 @@ func (c *committer) write(ctx context.Context, ts *tableSchema, row parquet.Row,
 // route returns the file a row of ts in transaction t goes to, and counts
 // the row.
 func (c *committer) route(ctx context.Context, ts *tableSchema, op string, t spool.Txn) (*fileWriter, error) {
+	if r := &c.lastRoute; r.fw != nil && r.ts == ts && r.commit == t.CommitLSN && r.fw.rows < c.cfg.MaxFileRows {
+		c.rows[op]++ // the same table and transaction as the row before [issue 7]
+		return r.fw, nil
+	}
 	if ts.Version == "" {
 		if err := c.assignVersion(ctx, ts, t.CommitLSN); err != nil {
 			return nil, err
@@ -437,10 +443,21 @@ func (c *committer) route(ctx context.Context, ts *tableSchema, op string, t spo
 		c.files[k] = fw
 	}
 	c.rows[op]++
+	c.lastRoute = routeCache{ts: ts, commit: t.CommitLSN, fw: fw}
 	return fw, nil
 }
 
+// routeCache remembers the file of the last row routed.
+type routeCache struct {
+	ts     *tableSchema
+	commit pglogrepl.LSN
+	fw     *fileWriter
+}
+
 func (c *committer) finish(fw *fileWriter) error {
+	if c.lastRoute.fw == fw {
+		c.lastRoute = routeCache{}
+	}
 	for k, open := range c.files {
 		if open == fw {
 			delete(c.files, k)

@@ -125,6 +125,43 @@ func (d *decoder) relation(ctx context.Context, msg []byte) error {
 type rowMeta struct {
 	txn spool.Txn
 	seq int64
+
+	consts *[metaColumns]parquet.Value // values the transaction's rows share, built once [issue 7]
+}
+
+// shared returns the metadata values every row of the transaction has:
+// _commit_lsn, _xid and _commit_ts (the others are left zero).
+func (m *rowMeta) shared() *[metaColumns]parquet.Value {
+	if m.consts == nil {
+		m.consts = &[metaColumns]parquet.Value{
+			colCommitLSN: parquet.Int64Value(int64(m.txn.CommitLSN)).Level(0, 0, colCommitLSN),
+			colXid:       parquet.Int64Value(int64(m.txn.Xid)).Level(0, 0, colXid),
+			colCommitTS:  parquet.Int64Value(m.txn.CommitTime.UnixMicro()).Level(0, 0, colCommitTS),
+		}
+	}
+	return m.consts
+}
+
+// The _op values, leveled: built once, read-only.
+var (
+	opInsertValue   = parquet.ByteArrayValue([]byte(opInsert)).Level(0, 0, colOp)
+	opUpdateValue   = parquet.ByteArrayValue([]byte(opUpdate)).Level(0, 0, colOp)
+	opDeleteValue   = parquet.ByteArrayValue([]byte(opDelete)).Level(0, 0, colOp)
+	opTruncateValue = parquet.ByteArrayValue([]byte(opTruncate)).Level(0, 0, colOp)
+)
+
+func opValue(op string) parquet.Value {
+	switch op {
+	case opInsert:
+		return opInsertValue
+	case opUpdate:
+		return opUpdateValue
+	case opDelete:
+		return opDeleteValue
+	case opTruncate:
+		return opTruncateValue
+	}
+	return parquet.ByteArrayValue([]byte(op)).Level(0, 0, colOp)
 }
 
 type emitFunc func(ts *tableSchema, row parquet.Row, op string, size int) error
@@ -345,7 +382,6 @@ func (d *decoder) emitRow(meta *rowMeta, lsn pglogrepl.LSN, ts *tableSchema, op 
 }
 
 func (d *decoder) emitRow1(meta *rowMeta, lsn pglogrepl.LSN, ts *tableSchema, op string, vals []colValue, emit emitFunc) error {
-	txn := meta.txn
 	// The file writer keeps rows until it writes them in a batch, so each
 	// row is its own slice (carved from a slab: one allocation for many
 	// rows, freed once none of them is referenced).
@@ -355,13 +391,14 @@ func (d *decoder) emitRow1(meta *rowMeta, lsn pglogrepl.LSN, ts *tableSchema, op
 	} else {
 		row = d.slab.row(metaColumns + len(ts.Columns) + 1)
 	}
+	shared := meta.shared()
 	row = append(row,
-		parquet.ByteArrayValue(opValues[op]).Level(0, 0, colOp),
-		parquet.Int64Value(int64(txn.CommitLSN)).Level(0, 0, colCommitLSN),
+		opValue(op),
+		shared[colCommitLSN],
 		parquet.Int64Value(meta.seq).Level(0, 0, colSeq),
 		parquet.Int64Value(int64(lsn)).Level(0, 0, colLSN),
-		parquet.Int64Value(int64(txn.Xid)).Level(0, 0, colXid),
-		parquet.Int64Value(txn.CommitTime.UnixMicro()).Level(0, 0, colCommitTS),
+		shared[colXid],
+		shared[colCommitTS],
 	)
 	meta.seq++
 

@@ -3,6 +3,7 @@ package compact
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -27,11 +28,13 @@ const (
 // one commit date to a local temporary file.
 //
 // Rows are converted, encoded and compressed in the background while the
-// caller decodes the next ones: each row group on a goroutine of its own, at
-// most maxEncoding per file, appended to the file in order. Every open file
-// (every table of a commit) has its own encoders, so tables are written in
-// parallel, on as many cores as GOMAXPROCS allows. Memory is bounded by a
-// few row groups per file, whatever the file's size.
+// caller decodes the next ones: batches of text rows are converted by
+// GOMAXPROCS converter goroutines in parallel, then written in order by the
+// encoder of their row group (one goroutine per row group, at most
+// maxEncoding per file), and row groups are appended to the file in order.
+// Every open file (every table of a commit) has its own converters and
+// encoders, so tables are written in parallel too. Memory is bounded by the
+// batches in flight and a few row groups per file, whatever the file's size.
 type fileWriter struct {
 	ts    *tableSchema
 	day   time.Time
@@ -46,7 +49,8 @@ type fileWriter struct {
 	cur     *rowGroup   // the row group being filled
 	groups  []*rowGroup // row groups handed over, in file order, not yet appended
 	free    chan *batch
-	pending int // bytes in the current row group, roughly
+	work    chan *batch // text batches for the converters; nil until needed
+	pending int         // bytes in the current row group, roughly
 	err     error
 }
 
@@ -60,6 +64,12 @@ type batch struct {
 	cols  []textCol       // each text row's table columns, len(ts.Columns) per row
 	text  []byte          // the text of the columns
 	trows []textRow
+
+	// Set by the converter that took the batch, then ready is closed.
+	ready chan struct{}
+	built []parquet.Row
+	vals  []parquet.Value
+	err   error
 }
 
 type textCol struct {
@@ -93,6 +103,11 @@ func (b *batch) reset() {
 	b.text = b.text[:0]
 	clear(b.trows)
 	b.trows = b.trows[:0]
+	clear(b.built)
+	b.built = b.built[:0]
+	clear(b.vals)
+	b.vals = b.vals[:0]
+	b.err = nil
 }
 
 // rowGroup is one row group, encoded by a goroutine of its own.
@@ -262,10 +277,16 @@ func (fw *fileWriter) handOver() error {
 		}
 	}
 	g := fw.cur
-	g.rows += fw.batch.len()
-	g.taken.Add(1)
-	g.in <- fw.batch
+	b := fw.batch
 	fw.batch = nil
+	g.rows += b.len()
+	g.taken.Add(1)
+	if b.ready == nil {
+		b.ready = make(chan struct{}, 1)
+	}
+	fw.startConverters()
+	fw.work <- b
+	g.in <- b
 	if g.rows >= rowGroupRows || fw.pending >= rowGroupBytes {
 		fw.endGroup()
 	}
@@ -333,23 +354,35 @@ func (fw *fileWriter) startGroup() error {
 	return nil
 }
 
-// encode converts and writes the batches of one row group into its column
-// writers (which encode and compress its pages), then recycles them.
+// startConverters starts the converter goroutines of the file.
+func (fw *fileWriter) startConverters() {
+	if fw.work != nil {
+		return
+	}
+	n := runtime.GOMAXPROCS(0)
+	fw.work = make(chan *batch, 2*n)
+	for range n {
+		go func() {
+			for b := range fw.work {
+				b.built, b.vals, b.err = fw.convert(b, b.built[:0], b.vals[:0])
+				b.ready <- struct{}{}
+			}
+		}()
+	}
+}
+
+// encode writes the converted batches of one row group, in order, into its
+// column writers (which encode and compress its pages), then recycles them.
 func (fw *fileWriter) encode(g *rowGroup) {
 	var err error
-	var built []parquet.Row
-	var vals []parquet.Value
 	for b := range g.in {
+		<-b.ready
 		if err == nil {
-			rows := b.rows
-			if len(b.trows) > 0 {
-				built, vals, err = fw.convert(b, built[:0], vals[:0])
-				rows = built
-			}
-			if err == nil {
-				if _, werr := g.rg.WriteRows(rows); werr != nil {
-					err = fmt.Errorf("write rows of %s: %w", fw.ts.Table, werr)
-				}
+			err = b.err
+		}
+		if err == nil {
+			if _, werr := g.rg.WriteRows(b.built); werr != nil {
+				err = fmt.Errorf("write rows of %s: %w", fw.ts.Table, werr)
 			}
 		}
 		b.reset()
@@ -461,10 +494,20 @@ func (fw *fileWriter) drainGroups() error {
 	return err
 }
 
+// stopConverters ends the converter goroutines, once no batch is in flight.
+func (fw *fileWriter) stopConverters() {
+	if fw.work != nil {
+		close(fw.work)
+		fw.work = nil
+	}
+}
+
 // finish closes the Parquet file and returns its local path and size.
 func (fw *fileWriter) finish() (path string, size int64, err error) {
 	path = fw.f.Name()
-	if err := fw.drain(); err != nil {
+	err = fw.drain()
+	fw.stopConverters()
+	if err != nil {
 		fw.abort()
 		return "", 0, err
 	}
@@ -495,6 +538,7 @@ func (fw *fileWriter) abort() {
 		<-g.done
 	}
 	fw.groups = nil
+	fw.stopConverters()
 	fw.f.Close()
 	os.Remove(fw.f.Name())
 }

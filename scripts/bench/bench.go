@@ -379,3 +379,66 @@ func human(n int) string {
 	}
 	return fmt.Sprint(n)
 }
+
+// watchWalsender samples, while a consumer streams from slot, the CPU time
+// of the walsender serving it; stop returns the last sample.
+func (b *bench) watchWalsender(ctx context.Context, slot string) (stop func() time.Duration) {
+	done := make(chan struct{})
+	result := make(chan time.Duration, 1)
+	go func() {
+		var last time.Duration
+		defer func() { result <- last }()
+		conn, err := pgx.Connect(ctx, b.srv.URL("postgres"))
+		if err != nil {
+			return
+		}
+		defer conn.Close(context.Background())
+		pid := 0
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if pid == 0 {
+				var p *int32
+				if conn.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&p) == nil && p != nil {
+					pid = int(*p)
+				}
+			}
+			if pid != 0 {
+				if cpu, ok := procCPU(pid); ok {
+					last = cpu
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() time.Duration {
+		close(done)
+		return <-result
+	}
+}
+
+// procCPU is the user and system CPU time of a process, from /proc.
+func procCPU(pid int) (time.Duration, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// The fields after the command name, which may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, false
+	}
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	return time.Duration(utime+stime) * tick, true
+}

@@ -40,6 +40,7 @@ type options struct {
 	keep     bool   // keep the work directory
 	bin      string // a walcake binary to measure instead of building one
 	verbose  bool   // show walcake's logs
+	hold     bool   // keep the servers running until interrupted
 }
 
 func main() {
@@ -51,6 +52,7 @@ func main() {
 	flag.StringVar(&o.sections, "sections", "all", "sections to run: all, or a list such as 1,2")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (spools, lakes, CSV files)")
 	flag.BoolVar(&o.verbose, "v", false, "show walcake's debug logs on stderr")
+	flag.BoolVar(&o.hold, "hold", false, "after the sections, print the PostgreSQL URL and keep the servers until interrupted (for profiling by hand)")
 	flag.StringVar(&o.bin, "walcake", "", "measure this walcake binary instead of building the checkout's")
 	flag.Parse()
 
@@ -101,6 +103,10 @@ func run(ctx context.Context, o options) error {
 		if err := s.fn(ctx); err != nil {
 			return fmt.Errorf("section %d: %w", s.n, err)
 		}
+	}
+	if o.hold {
+		fmt.Printf("\nholding: PostgreSQL at %s, walcake at %s; interrupt to stop\n", b.srv.URL("postgres"), b.bin)
+		<-ctx.Done()
 	}
 	if o.keep {
 		fmt.Printf("\nwork directory kept: %s\n", filepath.Clean(b.work))

@@ -69,7 +69,7 @@ func (b *bench) freshTable(ctx context.Context, ddl, table string) error {
 // recvlogical runs pg_recvlogical on slot until endpos, writing to a file.
 func (b *bench) recvlogical(ctx context.Context, slot, publication, endpos, file string, extra ...string) (measured, error) {
 	args := []string{
-		"-d", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres", b.srv.Port),
+		"-d", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres", b.srv.Port) + os.Getenv("BENCH_RECV_CONNINFO"),
 		"--slot", slot, "--start", "--endpos", endpos, "--no-loop", "-F", "0", "-f", file,
 		"-o", "proto_version=2", "-o", "streaming=on", "-o", "publication_names=" + publication,
 	}
@@ -122,11 +122,15 @@ func (b *bench) captureSection(ctx context.Context) error {
 			return err
 		}
 		var wc, rl, bin stats
+		var wcSender, rlSender []time.Duration
 		var spoolBytes int64
 		for i := 0; i < o.pairs; i++ {
 			walcakeRun := func() error {
 				spool := filepath.Join(b.work, fmt.Sprintf("cap-%d-%d", k, i))
-				m, err := b.walcake(ctx, walcakeEnv{slot: fmt.Sprintf("bench_cap_w%d", i), publication: table, spool: spool, dest: "file://" + b.work + "/unused"}, "capture", "--json")
+				slot := fmt.Sprintf("bench_cap_w%d", i)
+				sender := b.watchWalsender(ctx, slot)
+				m, err := b.walcake(ctx, walcakeEnv{slot: slot, publication: table, spool: spool, dest: "file://" + b.work + "/unused"}, "capture", "--json")
+				wcSender = append(wcSender, sender())
 				if err != nil {
 					return err
 				}
@@ -143,7 +147,10 @@ func (b *bench) captureSection(ctx context.Context) error {
 				return nil
 			}
 			recvRun := func() error {
-				m, err := b.recvlogical(ctx, fmt.Sprintf("bench_cap_r%d", i), table, endpos, filepath.Join(b.work, "recv.out"))
+				slot := fmt.Sprintf("bench_cap_r%d", i)
+				sender := b.watchWalsender(ctx, slot)
+				m, err := b.recvlogical(ctx, slot, table, endpos, filepath.Join(b.work, "recv.out"))
+				rlSender = append(rlSender, sender())
 				rl.add(m)
 				return err
 			}
@@ -171,6 +178,8 @@ func (b *bench) captureSection(ctx context.Context) error {
 			wc.timing()+" "+rate(o.rows, w), rl.timing()+" "+rate(o.rows, r), r.Seconds()/w.Seconds())
 		fmt.Printf("   %-28s walcake: %.2f CPU-s, peak RSS %s, spool %.0f bytes per change; pg_recvlogical: %.2f CPU-s\n", "",
 			median(wc.cpu).Seconds(), mib(median(wc.maxRSS)), float64(spoolBytes)/float64(o.rows), median(rl.cpu).Seconds())
+		fmt.Printf("   %-28s the walsender's CPU-s: %.2f serving walcake, %.2f serving pg_recvlogical\n", "",
+			median(wcSender).Seconds(), median(rlSender).Seconds())
 		if bl.txns == 4 {
 			bw := median(bin.wall)
 			fmt.Printf("   %-28s pg_recvlogical with binary 'true': %s %s (%.2f of text)\n", "",
