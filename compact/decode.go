@@ -71,9 +71,10 @@ type decoder struct {
 	// textEmit, when set, receives each row with its table columns still
 	// text, in place of emit: the file writer converts them on its
 	// encoders. [issue 7]
-	textEmit textEmitFunc
-	metaBuf  parquet.Row // scratch: the metadata values of a text row
-	slab     rowSlab     // memory of the rows built
+	textEmit   textEmitFunc
+	metaBuf    parquet.Row  // scratch: the metadata values of a text row
+	slab       rowSlab      // memory of the rows built
+	relChecked *tableSchema // the table of the row before, whose lastRel check is done
 
 	msg      changeMsg  // scratch: the message being decoded
 	vals     []colValue // scratch: the row being built
@@ -367,6 +368,10 @@ func (d *decoder) resolve(ts *tableSchema, tuple, old []tupleCol, ent *toastEntr
 // emitRow builds one row and emits it. vals nil writes NULL in every table
 // column (a truncate).
 func (d *decoder) emitRow(meta *rowMeta, lsn pglogrepl.LSN, ts *tableSchema, op string, vals []colValue, emit emitFunc) error {
+	if ts == d.relChecked {
+		return d.emitRow1(meta, lsn, ts, op, vals, emit) // checked with the row before [issue 7]
+	}
+	d.relChecked = ts
 	if prev, known := d.lastRel[ts.Table]; !known || prev != ts.RelationID {
 		if known && prev != 0 && ts.RelationID != 0 && op != opTruncate {
 			// The lake's rows under this name belong to a table that was
