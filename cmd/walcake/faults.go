@@ -15,7 +15,9 @@ import (
 const (
 	// envFailpoint names a step at which the process kills itself with
 	// SIGKILL: "compact-after-manifest", or "compact-after-first-upload:2"
-	// for the second time the step is reached.
+	// for the second time the step is reached. "<step>:hang" blocks there
+	// instead, deaf to cancellation, like a step that does not stop: the
+	// signal tests use it.
 	envFailpoint = "WALCAKE_FAILPOINT"
 	// envSpoolENOSPC makes every spool write after the first N fail with
 	// ENOSPC, as a full disk would.
@@ -30,6 +32,14 @@ func failpointFromEnv() func(string) {
 		return nil
 	}
 	name, countText, _ := strings.Cut(spec, ":")
+	if countText == "hang" {
+		return func(step string) {
+			if step == name {
+				fmt.Fprintf(os.Stderr, "walcake: failpoint %s reached, hanging\n", step)
+				select {}
+			}
+		}
+	}
 	want := 1
 	if n, err := strconv.Atoi(countText); err == nil && n > 0 {
 		want = n

@@ -51,21 +51,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	db := testenv.NewDatabase(t)
-	s3 := testenv.S3(t)
-	e := &env{t: t, db: db, s3: s3, spool: filepath.Join(t.TempDir(), "spool")}
-	e.vars = []string{
-		"PG_CONN_STRING=" + db.URL,
-		"PG_SLOT=walcake_test",
-		"PG_PUBLICATION=walcake_test",
-		"WALCAKE_DEST=" + s3.Dest(),
-		"AWS_ENDPOINT=" + s3.Endpoint,
-		"AWS_REGION=" + s3.Region,
-		"AWS_ACCESS_KEY_ID=" + s3.AccessKey,
-		"AWS_SECRET_ACCESS_KEY=" + s3.SecretKey,
-		"SPOOL_DIR=" + e.spool,
-	}
-	return e
+	return newEnvWith(t, testenv.NewDatabase(t))
 }
 
 type result struct {

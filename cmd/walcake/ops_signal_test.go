@@ -91,16 +91,14 @@ func TestSignalDuringCompaction(t *testing.T) {
 }
 
 // A second signal exits at once, and so does the shutdown bound when a step
-// takes longer: compaction writes a transaction's rows without stopping
-// in between, so one of 600,000 rows keeps it busy after the first signal.
-// Neither loses anything.
+// does not stop: the compaction hangs at a failpoint, deaf to cancellation,
+// whatever the machine's speed. Neither loses anything.
 func TestSignalTwiceAndShutdownBound(t *testing.T) {
 	e := newSignalEnv(t)
-	e.db.Exec(t, `INSERT INTO accounts SELECT g, 'acct ' || g, g * 0.5 FROM generate_series(1, 600000) g`)
-	e.mustWalcake("capture")
 	stopping := regexp.MustCompile(`received (terminated|interrupt), stopping`)
+	hanging := regexp.MustCompile(`failpoint compact-after-upload reached, hanging`)
 
-	for _, tc := range []struct {
+	for i, tc := range []struct {
 		name string
 		args []string
 		sigs int
@@ -109,15 +107,19 @@ func TestSignalTwiceAndShutdownBound(t *testing.T) {
 		{"second signal", []string{"compact"}, 2, "received terminated again, exiting now"},
 		{"shutdown bound", []string{"--shutdown-timeout", "20ms", "compact"}, 1, "still stopping after 20ms, exiting now"},
 	} {
+		e.db.Exec(t, `INSERT INTO accounts SELECT g, 'acct ' || g, g * 0.5 FROM generate_series($1::int, $1::int + 9999) g`, 2000000+i*10000)
+		e.mustWalcake("capture")
+		e.vars = append(e.vars, "WALCAKE_FAILPOINT=compact-after-upload:hang")
 		p := e.start(tc.args...)
-		time.Sleep(300 * time.Millisecond) // into the transaction's rows
+		e.vars = e.vars[:len(e.vars)-1]
+		p.waitLine(hanging, time.Minute)
 		if !p.signal(syscall.SIGTERM) {
-			t.Fatalf("%s: compaction ended before the signal; the test needs a bigger transaction", tc.name)
+			t.Fatalf("%s: compaction ended before the signal", tc.name)
 		}
 		p.waitLine(stopping, time.Minute)
 		sent := time.Now()
 		if tc.sigs == 2 && !p.signal(syscall.SIGTERM) {
-			t.Fatalf("%s: compaction stopped before the second signal; the test needs a bigger transaction", tc.name)
+			t.Fatalf("%s: compaction stopped before the second signal", tc.name)
 		}
 		code := p.wait(time.Minute)
 		t.Logf("%s: exit %d %s after the last signal", tc.name, code, time.Since(sent).Round(time.Millisecond))
