@@ -175,7 +175,7 @@ func Backfill(ctx context.Context, cfg BackfillConfig) (BackfillStats, error) {
 		return BackfillStats{}, err
 	}
 	b := &backfiller{cfg: cfg, log: cfg.Logger.With("dest", fmt.Sprint(cfg.Store)), slotTag: randomHex(4), started: time.Now(),
-		codec: &zstd.Codec{Level: zstd.SpeedFastest}} // the level of newFileWriter
+		codec: &zstd.Codec{Level: zstd.SpeedDefault}} // the level of newFileWriter
 	conn, err := backfillConnect(ctx, cfg.ConnString, false)
 	if err != nil {
 		return b.stats(), err
