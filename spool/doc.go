@@ -18,7 +18,7 @@
 //     1 layout). Many records go into one bbolt transaction and one fsync,
 //     written in the background while the next group fills.
 //   - A streamed transaction (protocol 2) goes to a <xid>-<n>.stream file of
-//     its own as it arrives, unsynced. Its commit seals the open segment,
+//     its own as it arrives. Its commit seals the open segment,
 //     then makes the stream file a sealed segment holding it alone; its
 //     abort, a lost connection or a crash removes the file, and the server
 //     sends it again. A rolled-back subtransaction is listed in the file's

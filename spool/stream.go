@@ -16,9 +16,9 @@ const streamExt = ".stream"
 
 // stream is a transaction that the server streams before it commits
 // (pgoutput protocol 2, streaming on): its chunks go to a file of its own as
-// they arrive, written without fsync. Its commit makes the file a sealed
-// segment holding that one transaction; its abort, or a lost connection,
-// removes the file.
+// they arrive, a group at a time in the background. Its commit makes the
+// file a sealed segment holding that one transaction; its abort, or a lost
+// connection, removes the file.
 type stream struct {
 	path    string
 	db      *bolt.DB
@@ -55,9 +55,9 @@ func (w *Writer) StreamStart(xid uint32, first bool) error {
 		if err != nil {
 			return fmt.Errorf("spool: create stream of transaction %d: %w", xid, err)
 		}
-		// Durability matters only once the transaction commits (a crash
-		// before that drops the file), so its writes are not synced.
-		db.NoSync = true
+		// Each group is synced as it is written, in the background like a
+		// segment's: leaving them to the commit would make the commit wait
+		// for the whole transaction to reach the disk.
 		s = &stream{path: path, db: db, txn: txnBuilder{active: true, xid: xid}}
 		w.streams[xid] = s
 	}
