@@ -360,10 +360,11 @@ func (fw *fileWriter) startConverters() {
 		return
 	}
 	n := runtime.GOMAXPROCS(0)
-	fw.work = make(chan *batch, 2*n)
+	work := make(chan *batch, 2*n)
+	fw.work = work
 	for range n {
 		go func() {
-			for b := range fw.work {
+			for b := range work {
 				b.built, b.vals, b.err = fw.convert(b, b.built[:0], b.vals[:0])
 				b.ready <- struct{}{}
 			}
